@@ -1,1 +1,16 @@
+//! The circ compiler: `.circ` text to a checked circuit, a loop IR, and native code.
+//!
+//! Phases, one module each (see ARCHITECTURE.md): `syntax` (pest → AST), `resolve`
+//! (AST → HIR: names, families, rules and fns expanded), `check` (index spaces, shapes,
+//! the semantic rules), `locality` (the tier of every equation), `lower` (HIR → LIR),
+//! `interp` (reference interpreter over LIR) and `codegen` (LIR → Cranelift JIT).
 
+pub mod ast;
+pub mod check;
+pub mod diag;
+pub mod frontend;
+pub mod hir;
+pub mod locality;
+pub mod resolve;
+pub mod stdlib;
+pub mod syntax;

@@ -1,0 +1,644 @@
+//! The high-level IR: one concrete, fully named circuit.
+//!
+//! Input: built by `resolve.rs` from the AST and the parameter values (defaults plus `--set`).
+//! Output: read by `check.rs` (spaces, semantic rules), `locality.rs` (tiers) and `lower.rs`.
+//! Invariants: families are unrolled (`h[1]`, `h[2]` are separate populations), `fn` and
+//! `rule` bodies are inlined, params are folded to constants, and every name is an id. Every
+//! expression and statement keeps the span of the text it came from (for inlined bodies, the
+//! span inside the `fn`/`rule` definition, plus the span of the call in `via`).
+
+use crate::ast::{AssignOp, BinOp, UnOp};
+use crate::diag::Span;
+use std::fmt;
+
+pub type PopId = usize;
+pub type PathId = usize;
+pub type VarId = usize;
+pub type SignalId = usize;
+pub type MetaId = usize;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Value {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl Value {
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Value::Int(i) => i as f64,
+            Value::Float(f) => f,
+            Value::Bool(b) => b as i64 as f64,
+        }
+    }
+    pub fn type_name(self) -> &'static str {
+        match self {
+            Value::Int(_) => "int",
+            Value::Float(_) => "float",
+            Value::Bool(_) => "bool",
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Int(i) => write!(f, "{i}"),
+            Value::Float(x) => write!(f, "{x}"),
+            Value::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+/// The locality tiers of DESIGN.md §3, ordered by what they may read. Population and
+/// projection stand side by side; `PopProj` is a term that needs both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tier {
+    Synapse,
+    Neuron,
+    Population,
+    Projection,
+    PopProj,
+    NonLocal,
+}
+
+impl Tier {
+    /// Least upper bound in the tier lattice.
+    pub fn join(self, other: Tier) -> Tier {
+        use Tier::*;
+        match (self, other) {
+            (Population, Projection) | (Projection, Population) => PopProj,
+            (a, b) => a.max(b),
+        }
+    }
+    /// Whether a term of tier `self` is allowed under a claim of `claim`.
+    pub fn within(self, claim: Tier) -> bool {
+        self.join(claim) == claim
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Synapse => "synapse",
+            Tier::Neuron => "neuron",
+            Tier::Population => "population",
+            Tier::Projection => "projection",
+            Tier::PopProj => "population + projection",
+            Tier::NonLocal => "non-local",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Param {
+    pub name: String,
+    pub value: Value,
+    pub span: Span,
+    /// Set when the value came from the command line.
+    pub overridden: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Meta {
+    pub name: String,
+    pub init: f64,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub struct Signal {
+    pub name: String,
+    /// Carried from one step to the next (otherwise it must be written before it is read).
+    pub state: bool,
+    pub init: f64,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum PopKind {
+    /// Clamped from the data's inputs.
+    Input,
+    /// Clamped from the data's targets; only the root population's equations may read it.
+    Target {
+        root: PopId,
+    },
+    Neurons,
+}
+
+#[derive(Clone, Debug)]
+pub struct Var {
+    pub name: String,
+    pub state: bool,
+    pub init: f64,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub struct Pop {
+    pub name: String,
+    pub size: usize,
+    pub kind: PopKind,
+    /// Inputs and targets have exactly one variable, named like the population.
+    pub vars: Vec<Var>,
+    /// The variable a bare use of the population means (`W(h)`, `pre`).
+    pub out: Option<VarId>,
+    pub span: Span,
+    /// The span of the name in the declaration (for secondary labels).
+    pub name_span: Span,
+}
+
+impl Pop {
+    pub fn var_name(&self, v: VarId) -> String {
+        match self.kind {
+            PopKind::Input | PopKind::Target { .. } => self.name.clone(),
+            PopKind::Neurons => format!("{}.{}", self.name, self.vars[v].name),
+        }
+    }
+    pub fn find_var(&self, name: &str) -> Option<VarId> {
+        self.vars.iter().position(|v| v.name == name)
+    }
+}
+
+/// An initialisation law for synapse state, times a scale.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Law {
+    Zeros,
+    Constant(f64),
+    Uniform(f64, f64),
+    Normal(f64, f64),
+    XavierUniform,
+    XavierNormal,
+    KaimingUniform,
+    KaimingNormal,
+    Identity,
+    Orthogonal,
+    Bernoulli(f64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Init {
+    pub law: Law,
+    pub scale: f64,
+}
+
+impl Init {
+    pub fn zeros() -> Init {
+        Init {
+            law: Law::Zeros,
+            scale: 1.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SynVar {
+    pub name: String,
+    pub init: Init,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub struct Path {
+    pub name: String,
+    pub pre: PopId,
+    pub post: PopId,
+    pub plastic: bool,
+    /// Span of the `fixed`/`plastic` attribute, or of the declaration when neither is written.
+    pub plastic_span: Span,
+    /// Synapse state; index 0 is the weight `w`.
+    pub syn: Vec<SynVar>,
+    /// The effective weight used by transmission, when it is not just `w`
+    /// (`mask m` makes it `m * w`; `weight EXPR` sets it).
+    pub weight: Option<Expr>,
+    /// Re-drawn at the start of every episode.
+    pub resample: bool,
+    pub span: Span,
+    pub name_span: Span,
+}
+
+impl Path {
+    pub fn find_syn(&self, name: &str) -> Option<VarId> {
+        self.syn.iter().position(|v| v.name == name)
+    }
+}
+
+/// Where an expression lives: its index space (DESIGN.md §3). `batched` says it also varies
+/// over the samples of a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Idx {
+    /// One value (a constant, a meta-param, a per-sample signal when batched).
+    Scalar,
+    /// One value per neuron of a population.
+    Neuron(PopId),
+    /// In a synapse context: per presynaptic / postsynaptic neuron of the context pathway.
+    Pre,
+    Post,
+    /// Per synapse of the context pathway.
+    Syn,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Space {
+    pub idx: Idx,
+    pub batched: bool,
+}
+
+impl Space {
+    pub const SCALAR: Space = Space {
+        idx: Idx::Scalar,
+        batched: false,
+    };
+}
+
+/// How a neuron variable is reached from a synapse rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Named absolutely (`h.a`) in a neuron equation.
+    Direct,
+    Pre,
+    Post,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    Sum,
+    Mean,
+    Max,
+    Min,
+    /// Euclidean norm.
+    Norm,
+    LogSumExp,
+}
+
+/// Which axis a reduction runs over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Axis {
+    /// All neurons of a population (neuron space → scalar per sample), or all synapses.
+    All,
+    /// Over the presynaptic index of each row (synapse space → post vector): `row_sum`.
+    Row,
+    /// Over the postsynaptic index of each column (synapse space → pre vector): `col_sum`.
+    Col,
+}
+
+/// Elementwise built-in functions. Their semantics live in `circ_runtime::math` and are shared
+/// by the interpreter and the JIT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Func {
+    Relu,
+    LeakyRelu,
+    Step,
+    Sign,
+    Abs,
+    Exp,
+    Log,
+    Sqrt,
+    Tanh,
+    Sigmoid,
+    Softplus,
+    Gelu,
+    Sin,
+    Cos,
+    Floor,
+    Min,
+    Max,
+    Clip,
+    Select,
+    Pow,
+}
+
+impl Func {
+    pub fn name(self) -> &'static str {
+        match self {
+            Func::Relu => "relu",
+            Func::LeakyRelu => "leaky_relu",
+            Func::Step => "step",
+            Func::Sign => "sign",
+            Func::Abs => "abs",
+            Func::Exp => "exp",
+            Func::Log => "log",
+            Func::Sqrt => "sqrt",
+            Func::Tanh => "tanh",
+            Func::Sigmoid => "sigmoid",
+            Func::Softplus => "softplus",
+            Func::Gelu => "gelu",
+            Func::Sin => "sin",
+            Func::Cos => "cos",
+            Func::Floor => "floor",
+            Func::Min => "min",
+            Func::Max => "max",
+            Func::Clip => "clip",
+            Func::Select => "select",
+            Func::Pow => "pow",
+        }
+    }
+    pub const ALL: &'static [Func] = &[
+        Func::Relu,
+        Func::LeakyRelu,
+        Func::Step,
+        Func::Sign,
+        Func::Abs,
+        Func::Exp,
+        Func::Log,
+        Func::Sqrt,
+        Func::Tanh,
+        Func::Sigmoid,
+        Func::Softplus,
+        Func::Gelu,
+        Func::Sin,
+        Func::Cos,
+        Func::Floor,
+        Func::Min,
+        Func::Max,
+        Func::Clip,
+        Func::Select,
+        Func::Pow,
+    ];
+    /// (fewest, most) arguments; optional trailing arguments take the defaults in `math.rs`.
+    pub fn arity(self) -> (usize, usize) {
+        match self {
+            Func::LeakyRelu => (1, 2),
+            Func::Softplus => (1, 2),
+            Func::Min | Func::Max | Func::Pow => (2, 2),
+            Func::Clip | Func::Select => (3, 3),
+            _ => (1, 1),
+        }
+    }
+}
+
+/// Random draws, one per element per evaluation, from the run's counter-based generator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RandKind {
+    Uniform,
+    Normal,
+}
+
+#[derive(Clone, Debug)]
+pub struct Expr {
+    pub kind: ExprKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub enum ExprKind {
+    Const(f64),
+    /// A neuron variable, reached directly or as `pre.`/`post.` in a synapse rule.
+    Var {
+        pop: PopId,
+        var: VarId,
+        role: Role,
+    },
+    /// Synapse state of a pathway; `transposed` for `transpose(W.w)`.
+    Syn {
+        path: PathId,
+        var: VarId,
+        transposed: bool,
+    },
+    Signal(SignalId),
+    Meta(MetaId),
+    /// `W(x)`: Σ_j W_ij x_j into W's post population; `W^T(e)`: Σ_i W_ij e_i into its pre.
+    Transmit {
+        path: PathId,
+        transpose: bool,
+        arg: Box<Expr>,
+    },
+    Unary {
+        op: UnOp,
+        arg: Box<Expr>,
+    },
+    Binary {
+        op: BinOp,
+        lhs: Box<Expr>,
+        rhs: Box<Expr>,
+    },
+    Call {
+        func: Func,
+        args: Vec<Expr>,
+    },
+    Reduce {
+        op: ReduceOp,
+        axis: Axis,
+        arg: Box<Expr>,
+    },
+    Softmax(Box<Expr>),
+    Rand(RandKind),
+    /// Cross-entropy of logits against a one-hot target (scalar per sample).
+    CrossEntropy {
+        logits: Box<Expr>,
+        target: Box<Expr>,
+    },
+    /// `grad(L, W)`: reverse-mode derivative (non-local); accepted by the checker, refused
+    /// by lowering until autodiff lands.
+    Grad {
+        loss: Box<Expr>,
+        wrt: PathId,
+    },
+    /// Monitor-only functions over whole tensors.
+    Angle(Box<Expr>, Box<Expr>),
+    Symmetry(PathId),
+    SpectralRadius(PathId),
+}
+
+impl Expr {
+    pub fn constant(v: f64, span: Span) -> Expr {
+        Expr {
+            kind: ExprKind::Const(v),
+            span,
+        }
+    }
+    /// Visits every sub-expression, parents before children.
+    pub fn walk(&self, f: &mut dyn FnMut(&Expr)) {
+        let mut stack = vec![self];
+        while let Some(e) = stack.pop() {
+            f(e);
+            match &e.kind {
+                ExprKind::Transmit { arg, .. }
+                | ExprKind::Unary { arg, .. }
+                | ExprKind::Reduce { arg, .. } => stack.push(arg),
+                ExprKind::Softmax(a) => stack.push(a),
+                ExprKind::Binary { lhs, rhs, .. } => {
+                    stack.push(lhs);
+                    stack.push(rhs);
+                }
+                ExprKind::Call { args, .. } => stack.extend(args.iter()),
+                ExprKind::CrossEntropy { logits, target } => {
+                    stack.push(logits);
+                    stack.push(target);
+                }
+                ExprKind::Grad { loss, .. } => stack.push(loss),
+                ExprKind::Angle(a, b) => {
+                    stack.push(a);
+                    stack.push(b);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// What a statement assigns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    Var { pop: PopId, var: VarId },
+    Syn { path: PathId, var: VarId },
+    Signal(SignalId),
+}
+
+#[derive(Clone, Debug)]
+pub enum StmtKind {
+    /// `target op= value`.
+    Assign {
+        target: Target,
+        op: AssignOp,
+        value: Expr,
+    },
+    /// `d target/dt = value`: integrated over one step of `dt`.
+    Ode {
+        target: Target,
+        value: Expr,
+        dt: f64,
+    },
+    /// Statements that apply only where `cond` is nonzero (per neuron or per synapse).
+    When {
+        cond: Expr,
+        then: Vec<Stmt>,
+        els: Vec<Stmt>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Stmt {
+    pub kind: StmtKind,
+    pub span: Span,
+    /// For statements that came from a `rule` body: the span of the `apply`.
+    pub via: Option<Span>,
+}
+
+impl Stmt {
+    /// Visits this statement and every nested one.
+    pub fn walk(&self, f: &mut dyn FnMut(&Stmt)) {
+        f(self);
+        if let StmtKind::When { then, els, .. } = &self.kind {
+            for s in then.iter().chain(els) {
+                s.walk(f);
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Phase {
+    pub name: String,
+    /// Number of iterations per step (a time loop); 1 for a plain phase.
+    pub repeat: usize,
+    pub body: Vec<Stmt>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Schedule {
+    /// After all phases of every step.
+    EveryStep,
+    /// After every iteration of a phase.
+    After(usize),
+    /// After all phases, every N-th step.
+    Every(u64),
+}
+
+#[derive(Clone, Debug)]
+pub struct Plasticity {
+    pub schedule: Schedule,
+    /// Sum (rather than average) per-sample updates over a batch.
+    pub sum: bool,
+    /// Synapse statements, grouped per pathway in program order.
+    pub body: Vec<SynBlock>,
+    pub span: Span,
+}
+
+/// The statements of one plasticity block that update one pathway.
+#[derive(Clone, Debug)]
+pub struct SynBlock {
+    pub path: PathId,
+    pub stmts: Vec<Stmt>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Monitor {
+    pub name: String,
+    pub expr: Expr,
+    pub span: Span,
+}
+
+/// How the loss and accuracy of a run are read from the circuit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossKind {
+    CrossEntropy,
+    Mse,
+}
+
+#[derive(Clone, Debug)]
+pub struct Experiment {
+    /// Dataset or task name (`mnist`, `fashion_mnist`, `xor`, `moons`, ...).
+    pub data: Option<(String, Span)>,
+    pub epochs: usize,
+    pub batch: usize,
+    pub seed: u64,
+    pub shuffle: bool,
+    pub limit: Option<usize>,
+    /// The neuron variable whose argmax is the prediction and on which the loss is taken.
+    pub readout: Option<(PopId, VarId, Span)>,
+    pub loss: LossKind,
+    pub eval_batch: usize,
+    pub span: Span,
+}
+
+impl Default for Experiment {
+    fn default() -> Self {
+        Experiment {
+            data: None,
+            epochs: 1,
+            batch: 1,
+            seed: 0,
+            shuffle: true,
+            limit: None,
+            readout: None,
+            loss: LossKind::CrossEntropy,
+            eval_batch: 1000,
+            span: Span::default(),
+        }
+    }
+}
+
+/// A resolved circuit.
+#[derive(Clone, Debug)]
+pub struct Circuit {
+    pub name: String,
+    /// The declared locality claim and its span.
+    pub claim: Option<(Tier, Span)>,
+    pub params: Vec<Param>,
+    pub metas: Vec<Meta>,
+    pub signals: Vec<Signal>,
+    pub pops: Vec<Pop>,
+    pub paths: Vec<Path>,
+    pub phases: Vec<Phase>,
+    pub plasticity: Vec<Plasticity>,
+    pub monitors: Vec<Monitor>,
+    pub experiment: Experiment,
+    /// `precision f64` (via `param precision`): every buffer in double precision.
+    pub f64: bool,
+}
+
+impl Circuit {
+    pub fn target_name(&self, t: Target) -> String {
+        match t {
+            Target::Var { pop, var } => self.pops[pop].var_name(var),
+            Target::Syn { path, var } => format!(
+                "{}.{}",
+                self.paths[path].name, self.paths[path].syn[var].name
+            ),
+            Target::Signal(s) => self.signals[s].name.clone(),
+        }
+    }
+    pub fn param(&self, name: &str) -> Option<Value> {
+        self.params.iter().find(|p| p.name == name).map(|p| p.value)
+    }
+}

@@ -1,0 +1,168 @@
+//! Subcommands of `circ`: argument parsing (clap) and dispatch.
+
+use circ_compiler::diag::{render, Diagnostic, Sources};
+use circ_compiler::frontend::{self, Frontend};
+use circ_compiler::locality;
+use circ_compiler::resolve::{parse_override, Override};
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "circ",
+    version,
+    about = "A language and compiler for learning circuits"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Parse, resolve and check programs; print the locality of every equation.
+    Check {
+        /// Program files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print the per-equation locality table.
+        #[arg(long)]
+        report: bool,
+        /// Machine-readable output (one JSON object per file).
+        #[arg(long)]
+        json: bool,
+        /// Override a param: NAME=VALUE (repeatable).
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+    },
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    match cli.cmd {
+        Cmd::Check {
+            files,
+            report,
+            json,
+            set,
+        } => check(&files, report, json, &set),
+    }
+}
+
+fn overrides(set: &[String]) -> Result<Vec<Override>, String> {
+    set.iter()
+        .map(|s| parse_override(s).map_err(|e| format!("--set {s}: {e}")))
+        .collect()
+}
+
+fn color() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+fn print_diags(diags: &[Diagnostic], sources: &Sources) {
+    if !diags.is_empty() {
+        eprint!("{}", render(diags, sources, color()));
+    }
+}
+
+fn check(files: &[PathBuf], report: bool, json: bool, set: &[String]) -> i32 {
+    let ov = match overrides(set) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let mut code = 0;
+    for f in files {
+        let fe: Frontend = match frontend::load_file(f, &ov) {
+            Ok(fe) => fe,
+            Err(e) => {
+                eprintln!("error: {e}");
+                code = 1;
+                continue;
+            }
+        };
+        if fe.has_errors() {
+            code = 1;
+        }
+        if json {
+            println!("{}", check_json(f, &fe));
+            continue;
+        }
+        print_diags(&fe.diags, &fe.sources);
+        if let (Some(c), Some(r)) = (&fe.circuit, &fe.report) {
+            if report {
+                print!("{}", locality::render_report(c, r, &fe.sources));
+            } else if !fe.has_errors() {
+                let claim = c
+                    .claim
+                    .map(|(t, _)| format!(" (claimed {})", t.name()))
+                    .unwrap_or_default();
+                println!(
+                    "{}: ok, circuit `{}` is {}{}",
+                    f.display(),
+                    c.name,
+                    r.tier.name(),
+                    claim
+                );
+            }
+        }
+    }
+    code
+}
+
+fn check_json(f: &std::path::Path, fe: &Frontend) -> String {
+    let diags: Vec<serde_json::Value> = fe
+        .diags
+        .iter()
+        .map(|d| {
+            let (line, col) = fe.sources.line_col(d.span.file, d.span.lo);
+            serde_json::json!({
+                "code": d.code,
+                "severity": if d.is_error() { "error" } else { "warning" },
+                "message": d.message,
+                "file": fe.sources.file(d.span.file).name,
+                "line": line,
+                "column": col,
+                "span": [d.span.lo, d.span.hi],
+                "help": d.help,
+            })
+        })
+        .collect();
+    let rows: Vec<serde_json::Value> = match (&fe.circuit, &fe.report) {
+        (Some(c), Some(r)) => r
+            .rows
+            .iter()
+            .map(|row| {
+                let (line, col) = fe.sources.line_col(row.stmt_span.file, row.stmt_span.lo);
+                let _ = c;
+                serde_json::json!({
+                    "target": row.target,
+                    "tier": row.verdict.tier.name(),
+                    "reason": row.verdict.reason,
+                    "line": line,
+                    "column": col,
+                })
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    serde_json::json!({
+        "file": f.display().to_string(),
+        "ok": !fe.has_errors(),
+        "circuit": fe.circuit.as_ref().map(|c| c.name.clone()),
+        "tier": fe.report.as_ref().map(|r| r.tier.name()),
+        "claim": fe.circuit.as_ref().and_then(|c| c.claim.map(|(t, _)| t.name())),
+        "diagnostics": diags,
+        "equations": rows,
+    })
+    .to_string()
+}

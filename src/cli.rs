@@ -9,11 +9,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(
-    name = "circ",
-    version,
-    about = "A language and compiler for learning circuits"
-)]
+#[command(name = "circ", version, about = "A language and compiler for learning circuits")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -21,6 +17,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Train and evaluate a circuit as its experiment block says.
+    Run(RunArgs),
+    /// Print a compilation stage: ast, hir, lir, clif or asm.
+    Ir {
+        file: PathBuf,
+        #[arg(long, default_value = "lir")]
+        stage: String,
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        /// Training batch size to compile for.
+        #[arg(long)]
+        batch: Option<usize>,
+    },
     /// Parse, resolve and check programs; print the locality of every equation.
     Check {
         /// Program files.
@@ -47,26 +56,71 @@ pub fn main() -> i32 {
         }
     };
     match cli.cmd {
-        Cmd::Check {
-            files,
-            report,
-            json,
-            set,
-        } => check(&files, report, json, &set),
+        Cmd::Check { files, report, json, set } => check(&files, report, json, &set),
+        Cmd::Run(a) => crate::run::run(a),
+        Cmd::Ir { file, stage, set, batch } => ir(&file, &stage, &set, batch),
     }
 }
 
-fn overrides(set: &[String]) -> Result<Vec<Override>, String> {
-    set.iter()
-        .map(|s| parse_override(s).map_err(|e| format!("--set {s}: {e}")))
-        .collect()
+#[derive(clap::Args)]
+pub struct RunArgs {
+    pub file: PathBuf,
+    /// Override a param or experiment setting: NAME=VALUE (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Directory with the MNIST IDX files (else $CIRC_MNIST_DIR).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Train on the first N samples only.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Present the training samples in file order.
+    #[arg(long)]
+    pub no_shuffle: bool,
+    /// Output directory for metrics, plots and the checkpoint.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print one final JSON line on stdout (and no progress).
+    #[arg(long)]
+    pub json: bool,
+    /// Execution engine.
+    #[arg(long, value_enum, default_value = "jit")]
+    pub engine: EngineArg,
+    /// Continue from a checkpoint written by an earlier run.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Record monitors every N steps (default: about 20 times per epoch).
+    #[arg(long)]
+    pub monitor_every: Option<usize>,
+    /// Refuse to run when the circuit needs more memory than this (e.g. 2G, 512M).
+    #[arg(long)]
+    pub max_memory: Option<String>,
+    /// Stop after N training steps (writing a checkpoint), e.g. to test resumption.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
 }
 
-fn color() -> bool {
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum EngineArg {
+    Jit,
+    Interp,
+}
+
+pub fn overrides(set: &[String]) -> Result<Vec<Override>, String> {
+    set.iter().map(|s| parse_override(s).map_err(|e| format!("--set {s}: {e}"))).collect()
+}
+
+pub fn color() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
-fn print_diags(diags: &[Diagnostic], sources: &Sources) {
+pub fn print_diags(diags: &[Diagnostic], sources: &Sources) {
     if !diags.is_empty() {
         eprint!("{}", render(diags, sources, color()));
     }
@@ -102,17 +156,8 @@ fn check(files: &[PathBuf], report: bool, json: bool, set: &[String]) -> i32 {
             if report {
                 print!("{}", locality::render_report(c, r, &fe.sources));
             } else if !fe.has_errors() {
-                let claim = c
-                    .claim
-                    .map(|(t, _)| format!(" (claimed {})", t.name()))
-                    .unwrap_or_default();
-                println!(
-                    "{}: ok, circuit `{}` is {}{}",
-                    f.display(),
-                    c.name,
-                    r.tier.name(),
-                    claim
-                );
+                let claim = c.claim.map(|(t, _)| format!(" (claimed {})", t.name())).unwrap_or_default();
+                println!("{}: ok, circuit `{}` is {}{}", f.display(), c.name, r.tier.name(), claim);
             }
         }
     }
@@ -165,4 +210,76 @@ fn check_json(f: &std::path::Path, fe: &Frontend) -> String {
         "equations": rows,
     })
     .to_string()
+}
+
+fn ir(file: &std::path::Path, stage: &str, set: &[String], batch: Option<usize>) -> i32 {
+    let ov = match overrides(set) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    if stage == "ast" {
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", file.display());
+                return 1;
+            }
+        };
+        let mut sources = Sources::default();
+        let id = sources.add(file.to_string_lossy(), text.as_str());
+        return match circ_compiler::syntax::parse(id, &text) {
+            Ok(p) => {
+                println!("{p:#?}");
+                0
+            }
+            Err(d) => {
+                print_diags(&[d], &sources);
+                1
+            }
+        };
+    }
+    let fe = match frontend::load_file(file, &ov) {
+        Ok(fe) => fe,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    print_diags(&fe.diags, &fe.sources);
+    let Some(c) = fe.ok() else { return 1 };
+    if stage == "hir" {
+        print!("{c}");
+        return 0;
+    }
+    let batch = batch.unwrap_or(c.experiment.batch);
+    let p = match circ_compiler::pipeline::lower(c, batch) {
+        Ok(p) => p,
+        Err(d) => {
+            print_diags(&d, &fe.sources);
+            return 1;
+        }
+    };
+    match stage {
+        "lir" => {
+            print!("{p}");
+            0
+        }
+        "clif" | "asm" => match circ_compiler::codegen::compile(&p, stage == "asm") {
+            Ok(j) => {
+                print!("{}", if stage == "asm" { &j.asm } else { &j.clif });
+                0
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                1
+            }
+        },
+        other => {
+            eprintln!("error: unknown stage `{other}`; stages: ast, hir, lir, clif, asm");
+            2
+        }
+    }
 }

@@ -6,13 +6,12 @@
 //! pathological (but accepted) programs cannot overflow it.
 
 mod cli;
+mod run;
 
 fn main() {
     // The compiler's recursion depth is bounded by the parser's limits; a generous stack
     // keeps that bound far from the OS default on every platform.
-    let child = std::thread::Builder::new()
-        .stack_size(256 << 20)
-        .spawn(cli::main);
+    let child = std::thread::Builder::new().stack_size(256 << 20).spawn(cli::main);
     let code = match child {
         Ok(h) => h.join().unwrap_or(101),
         Err(e) => {

@@ -31,69 +31,22 @@ pub struct CircuitDecl {
 
 #[derive(Clone, Debug)]
 pub enum Item {
-    Import {
-        path: String,
-        span: Span,
-    },
-    Param {
-        name: Ident,
-        ty: Option<Ident>,
-        value: Expr,
-        span: Span,
-    },
-    Meta {
-        name: Ident,
-        value: Expr,
-        span: Span,
-    },
-    Signal {
-        name: Ident,
-        state: bool,
-        init: Option<Expr>,
-        span: Span,
-    },
-    Input {
-        head: EntityHead,
-        span: Span,
-    },
-    Target {
-        head: EntityHead,
-        root: EntityRef,
-        span: Span,
-    },
-    Pop {
-        head: EntityHead,
-        vars: Vec<VarDecl>,
-        span: Span,
-    },
+    Import { path: String, span: Span },
+    Param { name: Ident, ty: Option<Ident>, value: Expr, span: Span },
+    Meta { name: Ident, value: Expr, span: Span },
+    Signal { name: Ident, state: bool, init: Option<Expr>, span: Span },
+    Input { head: EntityHead, span: Span },
+    Target { head: EntityHead, root: EntityRef, span: Span },
+    Pop { head: EntityHead, vars: Vec<VarDecl>, span: Span },
     Path(PathDecl),
     Phase(PhaseDecl),
     Plasticity(PlasticityDecl),
     Rule(RuleDecl),
     Fn(FnDecl),
-    Monitor {
-        name: Ident,
-        expr: Expr,
-        span: Span,
-    },
-    Experiment {
-        entries: Vec<(Ident, Expr)>,
-        span: Span,
-    },
-    For {
-        var: Ident,
-        reverse: bool,
-        lo: Expr,
-        hi: Expr,
-        items: Vec<Item>,
-        span: Span,
-    },
-    If {
-        cond: Expr,
-        then: Vec<Item>,
-        els: Vec<Item>,
-        span: Span,
-    },
+    Monitor { name: Ident, expr: Expr, span: Span },
+    Experiment { entries: Vec<(Ident, Expr)>, span: Span },
+    For { var: Ident, reverse: bool, lo: Expr, hi: Expr, items: Vec<Item>, span: Span },
+    If { cond: Expr, then: Vec<Item>, els: Vec<Item>, span: Span },
 }
 
 impl Item {
@@ -250,37 +203,12 @@ pub struct Stmt {
 
 #[derive(Clone, Debug)]
 pub enum StmtKind {
-    Assign {
-        target: LValue,
-        op: AssignOp,
-        value: Expr,
-    },
-    Ode {
-        target: LValue,
-        value: Expr,
-    },
-    When {
-        cond: Expr,
-        then: Vec<Stmt>,
-        els: Vec<Stmt>,
-    },
-    For {
-        var: Ident,
-        reverse: bool,
-        lo: Expr,
-        hi: Expr,
-        body: Vec<Stmt>,
-    },
-    If {
-        cond: Expr,
-        then: Vec<Stmt>,
-        els: Vec<Stmt>,
-    },
-    Apply {
-        rule: Ident,
-        args: Vec<Expr>,
-        to: EntityRef,
-    },
+    Assign { target: LValue, op: AssignOp, value: Expr },
+    Ode { target: LValue, value: Expr },
+    When { cond: Expr, then: Vec<Stmt>, els: Vec<Stmt> },
+    For { var: Ident, reverse: bool, lo: Expr, hi: Expr, body: Vec<Stmt> },
+    If { cond: Expr, then: Vec<Stmt>, els: Vec<Stmt> },
+    Apply { rule: Ident, args: Vec<Expr>, to: EntityRef },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -28,10 +28,7 @@ pub enum Ctx {
 
 /// Checks a circuit; returns every diagnostic.
 pub fn check(c: &Circuit) -> Vec<Diagnostic> {
-    let mut ck = Checker {
-        c,
-        diags: Vec::new(),
-    };
+    let mut ck = Checker { c, diags: Vec::new() };
     ck.run();
     ck.diags
 }
@@ -44,18 +41,9 @@ struct Checker<'a> {
 fn describe(c: &Circuit, idx: Idx, ctx: Ctx) -> String {
     match (idx, ctx) {
         (Idx::Scalar, _) => "a scalar".into(),
-        (Idx::Neuron(p), _) => format!(
-            "population `{}` ({} neurons)",
-            c.pops[p].name, c.pops[p].size
-        ),
-        (Idx::Pre, Ctx::Synapse(q)) => format!(
-            "the presynaptic population `{}`",
-            c.pops[c.paths[q].pre].name
-        ),
-        (Idx::Post, Ctx::Synapse(q)) => format!(
-            "the postsynaptic population `{}`",
-            c.pops[c.paths[q].post].name
-        ),
+        (Idx::Neuron(p), _) => format!("population `{}` ({} neurons)", c.pops[p].name, c.pops[p].size),
+        (Idx::Pre, Ctx::Synapse(q)) => format!("the presynaptic population `{}`", c.pops[c.paths[q].pre].name),
+        (Idx::Post, Ctx::Synapse(q)) => format!("the postsynaptic population `{}`", c.pops[c.paths[q].post].name),
         (Idx::Syn, Ctx::Synapse(q)) => format!("the synapses of `{}`", c.paths[q].name),
         _ => "an unknown space".into(),
     }
@@ -91,52 +79,37 @@ fn join(c: &Circuit, a: Space, b: Space, ctx: Ctx) -> Result<Space, (Idx, Idx)> 
 /// has none. Iterative over the binary spine would not help readability; nesting is bounded
 /// by the parser.
 pub fn space_of(c: &Circuit, e: &Expr, ctx: Ctx) -> Result<Space, Diagnostic> {
-    let scalar = |batched| Space {
-        idx: Idx::Scalar,
-        batched,
-    };
+    let scalar = |batched| Space { idx: Idx::Scalar, batched };
     Ok(match &e.kind {
         ExprKind::Const(_) | ExprKind::Meta(_) => Space::SCALAR,
         ExprKind::Signal(_) => scalar(true),
         ExprKind::Rand(_) => scalar(true),
         ExprKind::Var { pop, role, .. } => match (ctx, role) {
-            (Ctx::Synapse(_), Role::Pre) => Space {
-                idx: Idx::Pre,
-                batched: true,
-            },
-            (Ctx::Synapse(_), Role::Post) => Space {
-                idx: Idx::Post,
-                batched: true,
-            },
+            (Ctx::Synapse(_), Role::Pre) => Space { idx: Idx::Pre, batched: true },
+            (Ctx::Synapse(_), Role::Post) => Space { idx: Idx::Post, batched: true },
             (Ctx::Synapse(q), Role::Direct) => {
                 let p = &c.paths[q];
                 return Err(Diagnostic::error(
                     "circ::shape::not_pre_or_post",
                     e.span,
-                    format!("`{}` lives on population `{}`, which is neither the pre (`{}`) nor the post (`{}`) of `{}`", c.pops[*pop].name, c.pops[*pop].name, c.pops[p.pre].name, c.pops[p.post].name, p.name),
+                    format!(
+                        "`{}` lives on population `{}`, which is neither the pre (`{}`) nor the post (`{}`) of `{}`",
+                        c.pops[*pop].name, c.pops[*pop].name, c.pops[p.pre].name, c.pops[p.post].name, p.name
+                    ),
                 )
                 .label("not reachable from this synapse")
                 .with(p.name_span, "the pathway this rule updates")
                 .help("a synapse rule reads its own state, `pre.*`, `post.*`, scalars, and signals arriving at its post neuron"));
             }
-            _ => Space {
-                idx: Idx::Neuron(*pop),
-                batched: true,
-            },
+            _ => Space { idx: Idx::Neuron(*pop), batched: true },
         },
-        ExprKind::Syn {
-            path, transposed, ..
-        } => match ctx {
+        ExprKind::Syn { path, transposed, .. } => match ctx {
             Ctx::Synapse(q) => {
                 let (me, other) = (&c.paths[q], &c.paths[*path]);
-                let ok = if *transposed {
-                    other.pre == me.post && other.post == me.pre
-                } else {
-                    other.pre == me.pre && other.post == me.post
-                };
+                let ok =
+                    if *transposed { other.pre == me.post && other.post == me.pre } else { other.pre == me.pre && other.post == me.post };
                 if !ok {
-                    let shape =
-                        |p: &Path| format!("{} -> {}", c.pops[p.pre].name, c.pops[p.post].name);
+                    let shape = |p: &Path| format!("{} -> {}", c.pops[p.pre].name, c.pops[p.post].name);
                     return Err(Diagnostic::error(
                         "circ::shape::syn_mismatch",
                         e.span,
@@ -146,39 +119,22 @@ pub fn space_of(c: &Circuit, e: &Expr, ctx: Ctx) -> Result<Space, Diagnostic> {
                     .with(other.name_span, "declared here")
                     .help("synapse values combine only between pathways joining the same populations (or transposed ones, with transpose(W.w))"));
                 }
-                Space {
-                    idx: Idx::Syn,
-                    batched: false,
-                }
+                Space { idx: Idx::Syn, batched: false }
             }
             Ctx::Monitor => Space::SCALAR,
             Ctx::Neuron => {
                 return Err(Diagnostic::error(
                     "circ::shape::syn_in_neuron",
                     e.span,
-                    format!(
-                        "synapse state of `{}` cannot be read in a neuron equation",
-                        c.paths[*path].name
-                    ),
+                    format!("synapse state of `{}` cannot be read in a neuron equation", c.paths[*path].name),
                 )
                 .label("per-synapse value")
-                .help(format!(
-                    "neurons receive synapses through transmission: `{}(x)`",
-                    c.paths[*path].name
-                )));
+                .help(format!("neurons receive synapses through transmission: `{}(x)`", c.paths[*path].name)));
             }
         },
-        ExprKind::Transmit {
-            path,
-            transpose,
-            arg,
-        } => {
+        ExprKind::Transmit { path, transpose, arg } => {
             let p = &c.paths[*path];
-            let (sender, receiver) = if *transpose {
-                (p.post, p.pre)
-            } else {
-                (p.pre, p.post)
-            };
+            let (sender, receiver) = if *transpose { (p.post, p.pre) } else { (p.pre, p.post) };
             let a = space_of(c, arg, ctx)?;
             let arg_pop = match (a.idx, ctx) {
                 (Idx::Scalar, _) => Some(sender),
@@ -201,23 +157,11 @@ pub fn space_of(c: &Circuit, e: &Expr, ctx: Ctx) -> Result<Space, Diagnostic> {
                     ),
                 )
                 .label(format!("expected a value of `{}`", c.pops[sender].name))
-                .with(
-                    p.name_span,
-                    format!(
-                        "`{}: {} -> {}` declared here",
-                        p.name, c.pops[p.pre].name, c.pops[p.post].name
-                    ),
-                )
+                .with(p.name_span, format!("`{}: {} -> {}` declared here", p.name, c.pops[p.pre].name, c.pops[p.post].name))
                 .help(if *transpose {
-                    format!(
-                        "`{}^T(e)` sends a value of `{}` back to `{}`",
-                        p.name, c.pops[p.post].name, c.pops[p.pre].name
-                    )
+                    format!("`{}^T(e)` sends a value of `{}` back to `{}`", p.name, c.pops[p.post].name, c.pops[p.pre].name)
                 } else {
-                    format!(
-                        "`{}(x)` sends a value of `{}` to `{}`",
-                        p.name, c.pops[p.pre].name, c.pops[p.post].name
-                    )
+                    format!("`{}(x)` sends a value of `{}` to `{}`", p.name, c.pops[p.pre].name, c.pops[p.post].name)
                 }));
             }
             let idx = match ctx {
@@ -227,7 +171,10 @@ pub fn space_of(c: &Circuit, e: &Expr, ctx: Ctx) -> Result<Space, Diagnostic> {
                     return Err(Diagnostic::error(
                         "circ::shape::not_pre_or_post",
                         e.span,
-                        format!("this transmission arrives at `{}`, which is neither the pre nor the post of `{}`", c.pops[receiver].name, c.paths[q].name),
+                        format!(
+                            "this transmission arrives at `{}`, which is neither the pre nor the post of `{}`",
+                            c.pops[receiver].name, c.paths[q].name
+                        ),
                     )
                     .label("arrives elsewhere")
                     .help("a rule can use currents arriving at its own pre or post neurons"));
@@ -270,27 +217,15 @@ pub fn space_of(c: &Circuit, e: &Expr, ctx: Ctx) -> Result<Space, Diagnostic> {
                     .label("already a scalar")
                     .help("reductions take a per-neuron or per-synapse value"));
                 }
-                (Axis::All, _) => Space {
-                    idx: Idx::Scalar,
-                    batched: a.batched,
-                },
-                (Axis::Row, Idx::Syn) => Space {
-                    idx: Idx::Post,
-                    batched: a.batched,
-                },
-                (Axis::Col, Idx::Syn) => Space {
-                    idx: Idx::Pre,
-                    batched: a.batched,
-                },
+                (Axis::All, _) => Space { idx: Idx::Scalar, batched: a.batched },
+                (Axis::Row, Idx::Syn) => Space { idx: Idx::Post, batched: a.batched },
+                (Axis::Col, Idx::Syn) => Space { idx: Idx::Pre, batched: a.batched },
                 (ax, _) => {
                     let n = name(if *ax == Axis::Row { "row_" } else { "col_" });
                     return Err(Diagnostic::error(
                         "circ::shape::reduce_axis",
                         e.span,
-                        format!(
-                            "`{n}` reduces per-synapse values, but its argument is {}",
-                            describe(c, a.idx, ctx)
-                        ),
+                        format!("`{n}` reduces per-synapse values, but its argument is {}", describe(c, a.idx, ctx)),
                     )
                     .label("not a synapse value")
                     .help(format!("use `{}` to reduce a population", reduce_name(*op))));
@@ -303,10 +238,7 @@ pub fn space_of(c: &Circuit, e: &Expr, ctx: Ctx) -> Result<Space, Diagnostic> {
                 return Err(Diagnostic::error(
                     "circ::shape::softmax",
                     e.span,
-                    format!(
-                        "softmax normalises over a population, but its argument is {}",
-                        describe(c, a.idx, ctx)
-                    ),
+                    format!("softmax normalises over a population, but its argument is {}", describe(c, a.idx, ctx)),
                 )
                 .label("not a population value")
                 .help("write `softmax(o.a)`"));
@@ -318,37 +250,22 @@ pub fn space_of(c: &Circuit, e: &Expr, ctx: Ctx) -> Result<Space, Diagnostic> {
             let b = space_of(c, target, ctx)?;
             join_or_err(c, a, b, ctx, logits, target, e.span)?;
             if a.idx == Idx::Scalar {
-                return Err(Diagnostic::error(
-                    "circ::shape::cross_entropy",
-                    e.span,
-                    "cross_entropy takes per-neuron logits",
-                )
-                .label("scalar logits")
-                .help("write `cross_entropy(o.a, y)`"));
+                return Err(Diagnostic::error("circ::shape::cross_entropy", e.span, "cross_entropy takes per-neuron logits")
+                    .label("scalar logits")
+                    .help("write `cross_entropy(o.a, y)`"));
             }
-            Space {
-                idx: Idx::Scalar,
-                batched: true,
-            }
+            Space { idx: Idx::Scalar, batched: true }
         }
         ExprKind::Grad { wrt, .. } => match ctx {
-            Ctx::Synapse(q)
-                if c.paths[q].pre == c.paths[*wrt].pre && c.paths[q].post == c.paths[*wrt].post =>
-            {
-                Space {
-                    idx: Idx::Syn,
-                    batched: true,
-                }
+            Ctx::Synapse(q) if c.paths[q].pre == c.paths[*wrt].pre && c.paths[q].post == c.paths[*wrt].post => {
+                Space { idx: Idx::Syn, batched: true }
             }
             Ctx::Monitor => Space::SCALAR,
             _ => {
                 return Err(Diagnostic::error(
                     "circ::shape::grad",
                     e.span,
-                    format!(
-                        "grad(_, {}) is per synapse of `{}`",
-                        c.paths[*wrt].name, c.paths[*wrt].name
-                    ),
+                    format!("grad(_, {}) is per synapse of `{}`", c.paths[*wrt].name, c.paths[*wrt].name),
                 )
                 .label("used elsewhere")
                 .help("use it in a rule of that pathway"));
@@ -376,22 +293,20 @@ fn reduce_name(op: ReduceOp) -> &'static str {
     }
 }
 
-fn join_or_err(
-    c: &Circuit,
-    a: Space,
-    b: Space,
-    ctx: Ctx,
-    l: &Expr,
-    r: &Expr,
-    span: Span,
-) -> Result<Space, Diagnostic> {
+fn join_or_err(c: &Circuit, a: Space, b: Space, ctx: Ctx, l: &Expr, r: &Expr, span: Span) -> Result<Space, Diagnostic> {
     join(c, a, b, ctx).map_err(|(x, y)| {
-        let mut d = Diagnostic::error("circ::shape::mismatch", span, format!("cannot combine {} with {}", describe(c, x, ctx), describe(c, y, ctx)))
-            .label("incompatible operands")
-            .with(l.span, describe(c, x, ctx))
-            .with(r.span, describe(c, y, ctx));
+        let mut d = Diagnostic::error(
+            "circ::shape::mismatch",
+            span,
+            format!("cannot combine {} with {}", describe(c, x, ctx), describe(c, y, ctx)),
+        )
+        .label("incompatible operands")
+        .with(l.span, describe(c, x, ctx))
+        .with(r.span, describe(c, y, ctx));
         d = match (x, y) {
-            (Idx::Neuron(_), Idx::Neuron(_)) => d.help("values of different populations meet only through a pathway: declare `path P: a -> b` and write `P(a)`"),
+            (Idx::Neuron(_), Idx::Neuron(_)) => {
+                d.help("values of different populations meet only through a pathway: declare `path P: a -> b` and write `P(a)`")
+            }
             _ => d.help("reduce one side (sum, mean, row_sum) or transmit it through a pathway"),
         };
         d
@@ -409,10 +324,7 @@ impl Checker<'_> {
                         let d = Diagnostic::error(
                             "circ::shape::weight_batched",
                             w.span,
-                            format!(
-                                "the effective weight of `{}` depends on neuron activity",
-                                p.name
-                            ),
+                            format!("the effective weight of `{}` depends on neuron activity", p.name),
                         )
                         .label("varies per sample")
                         .help("an effective weight may use synapse state and scalars only");
@@ -443,17 +355,11 @@ impl Checker<'_> {
                 for s in &b.stmts {
                     if !path.plastic {
                         let at = s.via.unwrap_or(s.span);
-                        let d = Diagnostic::error(
-                            "circ::check::fixed_path",
-                            at,
-                            format!("`{}` is fixed, but this rule changes it", path.name),
-                        )
-                        .label("updates a fixed pathway")
-                        .with(path.plastic_span, "declared fixed here")
-                        .help(format!(
-                            "declare `{}` plastic, or remove the rule",
-                            path.name
-                        ));
+                        let d =
+                            Diagnostic::error("circ::check::fixed_path", at, format!("`{}` is fixed, but this rule changes it", path.name))
+                                .label("updates a fixed pathway")
+                                .with(path.plastic_span, "declared fixed here")
+                                .help(format!("declare `{}` plastic, or remove the rule", path.name));
                         self.diags.push(d);
                         break;
                     }
@@ -492,10 +398,7 @@ impl Checker<'_> {
             ExprKind::Var { pop, var, .. } => {
                 let p = &c.pops[*pop];
                 if p.kind == PopKind::Neurons && !p.vars[*var].state {
-                    let t = Target::Var {
-                        pop: *pop,
-                        var: *var,
-                    };
+                    let t = Target::Var { pop: *pop, var: *var };
                     if !written.contains(&t) {
                         found.push((t, x.span));
                     }
@@ -535,22 +438,14 @@ impl Checker<'_> {
             StmtKind::Assign { target, value, .. } | StmtKind::Ode { target, value, .. } => {
                 self.reads_before_write(value, written, false);
                 // `+=` reads the old value too.
-                if !matches!(
-                    s.kind,
-                    StmtKind::Assign {
-                        op: crate::ast::AssignOp::Set,
-                        ..
-                    }
-                ) && !written.contains(target)
+                if !matches!(s.kind, StmtKind::Assign { op: crate::ast::AssignOp::Set, .. })
+                    && !written.contains(target)
                     && !is_state(c, *target)
                 {
                     let d = Diagnostic::error(
                         "circ::check::read_before_write",
                         s.span,
-                        format!(
-                            "`{}` is updated before this step writes it",
-                            c.target_name(*target)
-                        ),
+                        format!("`{}` is updated before this step writes it", c.target_name(*target)),
                     )
                     .label("reads the old value")
                     .help("assign it with `=` first, or declare it `state`");
@@ -576,22 +471,19 @@ impl Checker<'_> {
                 for inner in then.iter().chain(els) {
                     if let (
                         Some(cs),
-                        StmtKind::Assign {
-                            target: Target::Var { pop, .. },
-                            ..
-                        }
-                        | StmtKind::Ode {
-                            target: Target::Var { pop, .. },
-                            ..
-                        },
+                        StmtKind::Assign { target: Target::Var { pop, .. }, .. } | StmtKind::Ode { target: Target::Var { pop, .. }, .. },
                     ) = (cs, &inner.kind)
                     {
                         if let Idx::Neuron(q) = cs.idx {
                             if c.pops[q].size != c.pops[*pop].size {
-                                let d = Diagnostic::error("circ::shape::when_target", inner.span, format!("this `when` tests `{}` but assigns `{}`", c.pops[q].name, c.pops[*pop].name))
-                                    .label("another population")
-                                    .with(cond.span, "condition per neuron of this population")
-                                    .help("a per-neuron condition can only guard assignments to the same population");
+                                let d = Diagnostic::error(
+                                    "circ::shape::when_target",
+                                    inner.span,
+                                    format!("this `when` tests `{}` but assigns `{}`", c.pops[q].name, c.pops[*pop].name),
+                                )
+                                .label("another population")
+                                .with(cond.span, "condition per neuron of this population")
+                                .help("a per-neuron condition can only guard assignments to the same population");
                                 self.diags.push(d);
                             }
                         }
@@ -620,10 +512,7 @@ impl Checker<'_> {
                             ),
                         )
                         .label(format!("{} values", c.pops[q].size))
-                        .with(
-                            c.pops[pop].name_span,
-                            format!("{} neurons", c.pops[pop].size),
-                        )
+                        .with(c.pops[pop].name_span, format!("{} neurons", c.pops[pop].size))
                         .help("values move between populations through pathways: `W(x)`");
                         self.diags.push(d);
                     }
@@ -634,10 +523,7 @@ impl Checker<'_> {
                     let d = Diagnostic::error(
                         "circ::shape::signal_not_scalar",
                         value.span,
-                        format!(
-                            "signal `{}` is a scalar but the right side is per neuron",
-                            c.signals[sid].name
-                        ),
+                        format!("signal `{}` is a scalar but the right side is per neuron", c.signals[sid].name),
                     )
                     .label("per-neuron value")
                     .with(span, "assigned here")

@@ -21,22 +21,14 @@ pub struct Span {
 
 impl Span {
     pub fn new(file: FileId, lo: usize, hi: usize) -> Span {
-        Span {
-            file,
-            lo: lo as u32,
-            hi: hi as u32,
-        }
+        Span { file, lo: lo as u32, hi: hi as u32 }
     }
     /// The smallest span covering both (same file; otherwise `self`).
     pub fn to(self, other: Span) -> Span {
         if self.file != other.file {
             return self;
         }
-        Span {
-            file: self.file,
-            lo: self.lo.min(other.lo),
-            hi: self.hi.max(other.hi),
-        }
+        Span { file: self.file, lo: self.lo.min(other.lo), hi: self.hi.max(other.hi) }
     }
     pub fn len(self) -> usize {
         (self.hi - self.lo) as usize
@@ -62,10 +54,7 @@ pub struct Sources {
 
 impl Sources {
     pub fn add(&mut self, name: impl Into<String>, text: impl Into<Arc<str>>) -> FileId {
-        self.files.push(SourceFile {
-            name: name.into(),
-            text: text.into(),
-        });
+        self.files.push(SourceFile { name: name.into(), text: text.into() });
         (self.files.len() - 1) as FileId
     }
     pub fn file(&self, id: FileId) -> &SourceFile {
@@ -81,12 +70,7 @@ impl Sources {
         let offset = (offset as usize).min(text.len());
         let before = &text[..floor_char_boundary(text, offset)];
         let line = before.matches('\n').count() + 1;
-        let col = before
-            .rsplit('\n')
-            .next()
-            .map(|l| l.chars().count())
-            .unwrap_or(0)
-            + 1;
+        let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
         (line, col)
     }
     /// `file:line:col` of a span's start.
@@ -144,20 +128,14 @@ impl Diagnostic {
         }
     }
     pub fn warning(code: &'static str, span: Span, message: impl Into<String>) -> Diagnostic {
-        Diagnostic {
-            severity: Severity::Warning,
-            ..Diagnostic::error(code, span, message)
-        }
+        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(code, span, message) }
     }
     pub fn label(mut self, text: impl Into<String>) -> Self {
         self.label = text.into();
         self
     }
     pub fn with(mut self, span: Span, text: impl Into<String>) -> Self {
-        self.secondary.push(Label {
-            span,
-            text: text.into(),
-        });
+        self.secondary.push(Label { span, text: text.into() });
         self
     }
     pub fn help(mut self, text: impl Into<String>) -> Self {
@@ -184,11 +162,7 @@ impl<'a> Rendered<'a> {
     pub fn new(diag: &'a Diagnostic, sources: &'a Sources) -> Self {
         let f = sources.file(diag.span.file);
         let source = miette::NamedSource::new(f.name.clone(), f.text.to_string());
-        Rendered {
-            diag,
-            sources,
-            source,
-        }
+        Rendered { diag, sources, source }
     }
 }
 
@@ -240,10 +214,7 @@ impl miette::Diagnostic for Rendered<'_> {
         )];
         for l in &d.secondary {
             if l.span.file == d.span.file {
-                labels.push(miette::LabeledSpan::new_with_span(
-                    Some(l.text.clone()),
-                    (l.span.lo as usize, l.span.len()),
-                ));
+                labels.push(miette::LabeledSpan::new_with_span(Some(l.text.clone()), (l.span.lo as usize, l.span.len())));
             }
         }
         Some(Box::new(labels.into_iter()))
@@ -253,10 +224,7 @@ impl miette::Diagnostic for Rendered<'_> {
 /// Renders diagnostics as plain text (no colour, fixed width): what tests snapshot and what the
 /// CLI prints when stderr is not a terminal.
 pub fn render_plain(diags: &[Diagnostic], sources: &Sources, width: usize) -> String {
-    let handler =
-        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
-            .with_width(width)
-            .with_links(false);
+    let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor()).with_width(width).with_links(false);
     let mut out = String::new();
     for d in diags {
         let r = Rendered::new(d, sources);
@@ -271,8 +239,7 @@ pub fn render(diags: &[Diagnostic], sources: &Sources, color: bool) -> String {
     if !color {
         return render_plain(diags, sources, 100);
     }
-    let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode())
-        .with_width(100);
+    let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode()).with_width(100);
     let mut out = String::new();
     for d in diags {
         let r = Rendered::new(d, sources);

@@ -40,13 +40,8 @@ impl Frontend {
 /// string (there is no source to point into).
 pub fn load_file(path: &Path, overrides: &[Override]) -> Result<Frontend, String> {
     let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let text = String::from_utf8(text).map_err(|e| {
-        format!(
-            "{} is not UTF-8 text (invalid byte at offset {})",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        )
-    })?;
+    let text = String::from_utf8(text)
+        .map_err(|e| format!("{} is not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to()))?;
     Ok(load_source(&path.to_string_lossy(), &text, overrides))
 }
 
@@ -56,18 +51,10 @@ pub fn load_source(name: &str, text: &str, overrides: &[Override]) -> Frontend {
     let root = sources.add(name, text);
     let program = match syntax::parse(root, text) {
         Ok(p) => p,
-        Err(d) => {
-            return Frontend {
-                sources,
-                circuit: None,
-                diags: vec![d],
-                report: None,
-            }
-        }
+        Err(d) => return Frontend { sources, circuit: None, diags: vec![d], report: None },
     };
     let mut importer = |importer: &str, import: &str| import_file(importer, import);
-    let (circuit, mut diags) =
-        resolve::resolve(&mut sources, root, program, &mut importer, overrides);
+    let (circuit, mut diags) = resolve::resolve(&mut sources, root, program, &mut importer, overrides);
     let mut report = None;
     if let Some(c) = &circuit {
         if !diags.iter().any(|d| d.is_error()) {
@@ -80,12 +67,7 @@ pub fn load_source(name: &str, text: &str, overrides: &[Override]) -> Frontend {
         }
     }
     diags.sort_by_key(|d| (d.span.file, d.span.lo));
-    Frontend {
-        sources,
-        circuit,
-        diags,
-        report,
-    }
+    Frontend { sources, circuit, diags, report }
 }
 
 /// Finds an imported file: relative to the importing file, then in the embedded standard
@@ -113,8 +95,5 @@ fn import_file(importer: &str, import: &str) -> Result<(String, String), String>
 }
 
 fn sibling(importer: &str, import: &str) -> PathBuf {
-    Path::new(importer)
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join(import)
+    Path::new(importer).parent().unwrap_or(Path::new(".")).join(import)
 }

@@ -182,10 +182,7 @@ pub struct Init {
 
 impl Init {
     pub fn zeros() -> Init {
-        Init {
-            law: Law::Zeros,
-            scale: 1.0,
-        }
+        Init { law: Law::Zeros, scale: 1.0 }
     }
 }
 
@@ -243,10 +240,7 @@ pub struct Space {
 }
 
 impl Space {
-    pub const SCALAR: Space = Space {
-        idx: Idx::Scalar,
-        batched: false,
-    };
+    pub const SCALAR: Space = Space { idx: Idx::Scalar, batched: false };
 }
 
 /// How a neuron variable is reached from a synapse rule.
@@ -440,10 +434,7 @@ pub enum ExprKind {
 
 impl Expr {
     pub fn constant(v: f64, span: Span) -> Expr {
-        Expr {
-            kind: ExprKind::Const(v),
-            span,
-        }
+        Expr { kind: ExprKind::Const(v), span }
     }
     /// Visits every sub-expression, parents before children.
     pub fn walk(&self, f: &mut dyn FnMut(&Expr)) {
@@ -451,9 +442,7 @@ impl Expr {
         while let Some(e) = stack.pop() {
             f(e);
             match &e.kind {
-                ExprKind::Transmit { arg, .. }
-                | ExprKind::Unary { arg, .. }
-                | ExprKind::Reduce { arg, .. } => stack.push(arg),
+                ExprKind::Transmit { arg, .. } | ExprKind::Unary { arg, .. } | ExprKind::Reduce { arg, .. } => stack.push(arg),
                 ExprKind::Softmax(a) => stack.push(a),
                 ExprKind::Binary { lhs, rhs, .. } => {
                     stack.push(lhs);
@@ -486,23 +475,11 @@ pub enum Target {
 #[derive(Clone, Debug)]
 pub enum StmtKind {
     /// `target op= value`.
-    Assign {
-        target: Target,
-        op: AssignOp,
-        value: Expr,
-    },
+    Assign { target: Target, op: AssignOp, value: Expr },
     /// `d target/dt = value`: integrated over one step of `dt`.
-    Ode {
-        target: Target,
-        value: Expr,
-        dt: f64,
-    },
+    Ode { target: Target, value: Expr, dt: f64 },
     /// Statements that apply only where `cond` is nonzero (per neuron or per synapse).
-    When {
-        cond: Expr,
-        then: Vec<Stmt>,
-        els: Vec<Stmt>,
-    },
+    When { cond: Expr, then: Vec<Stmt>, els: Vec<Stmt> },
 }
 
 #[derive(Clone, Debug)]
@@ -631,14 +608,167 @@ impl Circuit {
     pub fn target_name(&self, t: Target) -> String {
         match t {
             Target::Var { pop, var } => self.pops[pop].var_name(var),
-            Target::Syn { path, var } => format!(
-                "{}.{}",
-                self.paths[path].name, self.paths[path].syn[var].name
-            ),
+            Target::Syn { path, var } => format!("{}.{}", self.paths[path].name, self.paths[path].syn[var].name),
             Target::Signal(s) => self.signals[s].name.clone(),
         }
     }
     pub fn param(&self, name: &str) -> Option<Value> {
         self.params.iter().find(|p| p.name == name).map(|p| p.value)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stable text form (`circ ir --stage hir`)
+
+impl Circuit {
+    fn expr_text(&self, e: &Expr) -> String {
+        match &e.kind {
+            ExprKind::Const(c) => format!("{c}"),
+            ExprKind::Var { pop, var, role } => match role {
+                Role::Direct => self.pops[*pop].var_name(*var),
+                Role::Pre => format!("pre.{}", self.pops[*pop].vars[*var].name),
+                Role::Post => format!("post.{}", self.pops[*pop].vars[*var].name),
+            },
+            ExprKind::Syn { path, var, transposed } => {
+                let s = format!("{}.{}", self.paths[*path].name, self.paths[*path].syn[*var].name);
+                if *transposed {
+                    format!("transpose({s})")
+                } else {
+                    s
+                }
+            }
+            ExprKind::Signal(s) => self.signals[*s].name.clone(),
+            ExprKind::Meta(m) => self.metas[*m].name.clone(),
+            ExprKind::Transmit { path, transpose, arg } => {
+                format!("{}{}({})", self.paths[*path].name, if *transpose { "^T" } else { "" }, self.expr_text(arg))
+            }
+            ExprKind::Unary { op, arg } => format!("{}({})", if *op == UnOp::Neg { "-" } else { "!" }, self.expr_text(arg)),
+            ExprKind::Binary { op, lhs, rhs } => format!("({} {} {})", self.expr_text(lhs), op.text(), self.expr_text(rhs)),
+            ExprKind::Call { func, args } => {
+                format!("{}({})", func.name(), args.iter().map(|a| self.expr_text(a)).collect::<Vec<_>>().join(", "))
+            }
+            ExprKind::Reduce { op, axis, arg } => {
+                let prefix = match axis {
+                    Axis::All => "",
+                    Axis::Row => "row_",
+                    Axis::Col => "col_",
+                };
+                format!("{prefix}{}({})", format!("{op:?}").to_lowercase(), self.expr_text(arg))
+            }
+            ExprKind::Softmax(a) => format!("softmax({})", self.expr_text(a)),
+            ExprKind::Rand(k) => if *k == RandKind::Uniform { "rand()" } else { "randn()" }.to_string(),
+            ExprKind::CrossEntropy { logits, target } => format!("cross_entropy({}, {})", self.expr_text(logits), self.expr_text(target)),
+            ExprKind::Grad { loss, wrt } => format!("grad({}, {})", self.expr_text(loss), self.paths[*wrt].name),
+            ExprKind::Angle(a, b) => format!("angle({}, {})", self.expr_text(a), self.expr_text(b)),
+            ExprKind::Symmetry(p) => format!("symmetry({})", self.paths[*p].name),
+            ExprKind::SpectralRadius(p) => format!("spectral_radius({})", self.paths[*p].name),
+        }
+    }
+
+    fn stmt_text(&self, s: &Stmt, depth: usize, out: &mut String) {
+        let pad = "  ".repeat(depth);
+        match &s.kind {
+            StmtKind::Assign { target, op, value } => {
+                out.push_str(&format!("{pad}{} {} {}\n", self.target_name(*target), op.text(), self.expr_text(value)))
+            }
+            StmtKind::Ode { target, value, dt } => {
+                out.push_str(&format!("{pad}d {}/dt = {}  (dt = {dt})\n", self.target_name(*target), self.expr_text(value)))
+            }
+            StmtKind::When { cond, then, els } => {
+                out.push_str(&format!("{pad}when {} {{\n", self.expr_text(cond)));
+                for x in then {
+                    self.stmt_text(x, depth + 1, out);
+                }
+                if !els.is_empty() {
+                    out.push_str(&format!("{pad}}} else {{\n"));
+                    for x in els {
+                        self.stmt_text(x, depth + 1, out);
+                    }
+                }
+                out.push_str(&format!("{pad}}}\n"));
+            }
+        }
+    }
+}
+
+impl fmt::Display for Circuit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "circuit {}{}", self.name, self.claim.map(|(t, _)| format!(" locality {}", t.name())).unwrap_or_default())?;
+        for p in &self.params {
+            writeln!(f, "param {} = {}{}", p.name, p.value, if p.overridden { "  (overridden)" } else { "" })?;
+        }
+        for m in &self.metas {
+            writeln!(f, "meta {} = {}", m.name, m.init)?;
+        }
+        for s in &self.signals {
+            writeln!(f, "signal {}{} = {}", if s.state { "state " } else { "" }, s.name, s.init)?;
+        }
+        for p in &self.pops {
+            let kind = match &p.kind {
+                PopKind::Input => "input".to_string(),
+                PopKind::Target { root } => format!("target at {}", self.pops.get(*root).map(|r| r.name.as_str()).unwrap_or("?")),
+                PopKind::Neurons => "pop".to_string(),
+            };
+            let vars: Vec<String> = p
+                .vars
+                .iter()
+                .enumerate()
+                .map(|(i, v)| format!("{}{}{}", if v.state { "state " } else { "" }, if p.out == Some(i) { "out " } else { "" }, v.name))
+                .collect();
+            writeln!(f, "{kind} {}[{}] {{ {} }}", p.name, p.size, vars.join(", "))?;
+        }
+        for p in &self.paths {
+            let syn: Vec<String> = p.syn.iter().map(|s| format!("{} ~ {:?} x {}", s.name, s.init.law, s.init.scale)).collect();
+            writeln!(
+                f,
+                "path {}: {} -> {} {} {{ {} }}",
+                p.name,
+                self.pops[p.pre].name,
+                self.pops[p.post].name,
+                if p.plastic { "plastic" } else { "fixed" },
+                syn.join(", ")
+            )?;
+            if let Some(w) = &p.weight {
+                writeln!(f, "  weight = {}", self.expr_text(w))?;
+            }
+        }
+        for ph in &self.phases {
+            writeln!(f, "phase {}{} {{", ph.name, if ph.repeat > 1 { format!(" repeat {}", ph.repeat) } else { String::new() })?;
+            let mut s = String::new();
+            for st in &ph.body {
+                self.stmt_text(st, 1, &mut s);
+            }
+            write!(f, "{s}}}\n")?;
+        }
+        for pl in &self.plasticity {
+            let sched = match pl.schedule {
+                Schedule::EveryStep => String::new(),
+                Schedule::After(i) => format!(" after {}", self.phases[i].name),
+                Schedule::Every(n) => format!(" every {n} steps"),
+            };
+            writeln!(f, "plasticity{sched}{} {{", if pl.sum { " sum" } else { "" })?;
+            let mut s = String::new();
+            for b in &pl.body {
+                for st in &b.stmts {
+                    self.stmt_text(st, 1, &mut s);
+                }
+            }
+            write!(f, "{s}}}\n")?;
+        }
+        for m in &self.monitors {
+            writeln!(f, "monitor {} = {}", m.name, self.expr_text(&m.expr))?;
+        }
+        let x = &self.experiment;
+        writeln!(
+            f,
+            "experiment {{ data = {}, epochs = {}, batch = {}, seed = {}, shuffle = {}, loss = {:?}, readout = {} }}",
+            x.data.as_ref().map(|d| d.0.as_str()).unwrap_or("none"),
+            x.epochs,
+            x.batch,
+            x.seed,
+            x.shuffle,
+            x.loss,
+            x.readout.map(|(p, v, _)| self.pops[p].var_name(v)).unwrap_or_else(|| "default".into())
+        )
     }
 }

@@ -7,10 +7,15 @@
 
 pub mod ast;
 pub mod check;
+pub mod codegen;
 pub mod diag;
 pub mod frontend;
 pub mod hir;
+pub mod interp;
+pub mod lir;
 pub mod locality;
+pub mod lower;
+pub mod pipeline;
 pub mod resolve;
 pub mod stdlib;
 pub mod syntax;

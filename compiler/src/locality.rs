@@ -32,12 +32,7 @@ pub struct Verdict {
 
 impl Verdict {
     fn new(tier: Tier, reason: impl Into<String>, span: Span) -> Verdict {
-        Verdict {
-            tier,
-            reason: reason.into(),
-            span,
-            related: Vec::new(),
-        }
+        Verdict { tier, reason: reason.into(), span, related: Vec::new() }
     }
     fn join(self, other: Verdict) -> Verdict {
         let tier = self.tier.join(other.tier);
@@ -50,10 +45,7 @@ impl Verdict {
             v.tier = tier;
             v.reason = format!("{}; and {}", v.reason, other.reason);
             v.related.extend(other.related);
-            v.related.push(Label {
-                span: other.span,
-                text: other.reason.clone(),
-            });
+            v.related.push(Label { span: other.span, text: other.reason.clone() });
             v
         } else {
             Verdict { tier, ..self }
@@ -83,9 +75,7 @@ pub struct Report {
 impl Report {
     /// Rows whose tier equals the circuit's tier (the ones that set it), when above synapse.
     pub fn setters(&self) -> impl Iterator<Item = &Row> {
-        self.rows
-            .iter()
-            .filter(move |r| r.verdict.tier == self.tier && self.tier > Tier::Synapse)
+        self.rows.iter().filter(move |r| r.verdict.tier == self.tier && self.tier > Tier::Synapse)
     }
 }
 
@@ -115,9 +105,7 @@ pub fn analyze(c: &Circuit) -> Report {
             }
         }
     }
-    let tier = rows
-        .iter()
-        .fold(Tier::Synapse, |t, r| t.join(r.verdict.tier));
+    let tier = rows.iter().fold(Tier::Synapse, |t, r| t.join(r.verdict.tier));
     Report { rows, tier }
 }
 
@@ -132,24 +120,13 @@ fn neuron_rows(c: &Circuit, s: &Stmt, guard: Option<&Verdict>, rows: &mut Vec<Ro
             if let Some(g) = guard {
                 v = v.join(g.clone());
             }
-            rows.push(Row {
-                kind,
-                target: c.target_name(*target),
-                stmt_span: s.span,
-                via: s.via,
-                verdict: v,
-            });
+            rows.push(Row { kind, target: c.target_name(*target), stmt_span: s.span, via: s.via, verdict: v });
         }
         StmtKind::When { cond, then, els } => {
             let pop = then.iter().chain(els).find_map(|x| match &x.kind {
-                StmtKind::Assign {
-                    target: Target::Var { pop, .. },
-                    ..
+                StmtKind::Assign { target: Target::Var { pop, .. }, .. } | StmtKind::Ode { target: Target::Var { pop, .. }, .. } => {
+                    Some(*pop)
                 }
-                | StmtKind::Ode {
-                    target: Target::Var { pop, .. },
-                    ..
-                } => Some(*pop),
                 _ => None,
             });
             let g = neuron_tier(c, cond, pop);
@@ -167,18 +144,11 @@ fn neuron_rows(c: &Circuit, s: &Stmt, guard: Option<&Verdict>, rows: &mut Vec<Ro
 fn syn_rows(c: &Circuit, s: &Stmt, pid: PathId, guard: Option<&Verdict>, rows: &mut Vec<Row>) {
     match &s.kind {
         StmtKind::Assign { target, value, .. } | StmtKind::Ode { target, value, .. } => {
-            let mut v = Verdict::new(Tier::Synapse, "own synapse, pre and post", s.span)
-                .join(syn_tier(c, value, pid));
+            let mut v = Verdict::new(Tier::Synapse, "own synapse, pre and post", s.span).join(syn_tier(c, value, pid));
             if let Some(g) = guard {
                 v = v.join(g.clone());
             }
-            rows.push(Row {
-                kind: EqKind::Synapse,
-                target: c.target_name(*target),
-                stmt_span: s.span,
-                via: s.via,
-                verdict: v,
-            });
+            rows.push(Row { kind: EqKind::Synapse, target: c.target_name(*target), stmt_span: s.span, via: s.via, verdict: v });
         }
         StmtKind::When { cond, then, els } => {
             let g = syn_tier(c, cond, pid);
@@ -210,19 +180,10 @@ fn neuron_tier(c: &Circuit, e: &Expr, pop: Option<PopId>) -> Verdict {
         ExprKind::Var { pop: q, .. } => {
             let qp = &c.pops[*q];
             match (&qp.kind, pop) {
-                (_, Some(p)) if p == *q => Verdict::new(
-                    Tier::Neuron,
-                    format!("own variables of `{}`", qp.name),
-                    e.span,
-                ),
-                (PopKind::Target { root }, Some(p)) if *root == p => Verdict::new(
-                    Tier::Neuron,
-                    format!(
-                        "the label `{}` enters at its root `{}`",
-                        qp.name, c.pops[p].name
-                    ),
-                    e.span,
-                ),
+                (_, Some(p)) if p == *q => Verdict::new(Tier::Neuron, format!("own variables of `{}`", qp.name), e.span),
+                (PopKind::Target { root }, Some(p)) if *root == p => {
+                    Verdict::new(Tier::Neuron, format!("the label `{}` enters at its root `{}`", qp.name, c.pops[p].name), e.span)
+                }
                 (PopKind::Target { root }, _) => {
                     let mut v = Verdict::new(
                         Tier::NonLocal,
@@ -235,73 +196,42 @@ fn neuron_tier(c: &Circuit, e: &Expr, pop: Option<PopId>) -> Verdict {
                     );
                     v.related.push(Label {
                         span: qp.span,
-                        text: format!(
-                            "`{}` is the target of `{}`",
-                            qp.name,
-                            c.pops.get(*root).map(|r| r.name.as_str()).unwrap_or("?")
-                        ),
+                        text: format!("`{}` is the target of `{}`", qp.name, c.pops.get(*root).map(|r| r.name.as_str()).unwrap_or("?")),
                     });
                     v
                 }
-                (_, None) => Verdict::new(
-                    Tier::NonLocal,
-                    format!("reads `{}` directly outside a reduction", qp.name),
-                    e.span,
-                ),
+                (_, None) => Verdict::new(Tier::NonLocal, format!("reads `{}` directly outside a reduction", qp.name), e.span),
                 (_, Some(p)) => {
                     let mut v = Verdict::new(
                         Tier::NonLocal,
-                        format!(
-                            "`{}` reads `{}` directly, not through a pathway",
-                            c.pops[p].name, qp.name
-                        ),
+                        format!("`{}` reads `{}` directly, not through a pathway", c.pops[p].name, qp.name),
                         e.span,
                     );
-                    v.related.push(Label {
-                        span: qp.name_span,
-                        text: format!("`{}` declared here", qp.name),
-                    });
+                    v.related.push(Label { span: qp.name_span, text: format!("`{}` declared here", qp.name) });
                     v
                 }
             }
         }
-        ExprKind::Transmit {
-            path,
-            transpose,
-            arg,
-        } => {
+        ExprKind::Transmit { path, transpose, arg } => {
             let p = &c.paths[*path];
             if *transpose {
                 let mut v = Verdict::new(
                     Tier::NonLocal,
-                    format!(
-                        "weight transport: `{}` is used backwards (`{}^T`) outside its own rule",
-                        p.name, p.name
-                    ),
+                    format!("weight transport: `{}` is used backwards (`{}^T`) outside its own rule", p.name, p.name),
                     e.span,
                 );
                 v.related.push(Label {
                     span: p.name_span,
-                    text: format!(
-                        "`{}: {} -> {}` declared here",
-                        p.name, c.pops[p.pre].name, c.pops[p.post].name
-                    ),
+                    text: format!("`{}: {} -> {}` declared here", p.name, c.pops[p.pre].name, c.pops[p.post].name),
                 });
                 return v.join(neuron_tier(c, arg, Some(p.post)));
             }
-            let mut v = Verdict::new(
-                Tier::Neuron,
-                format!("input arriving through `{}`", p.name),
-                e.span,
-            );
+            let mut v = Verdict::new(Tier::Neuron, format!("input arriving through `{}`", p.name), e.span);
             if let PopKind::Target { root } = c.pops[p.pre].kind {
                 if Some(root) != pop {
                     v = Verdict::new(
                         Tier::NonLocal,
-                        format!(
-                            "label `{}` sent through `{}` to a population other than its root",
-                            c.pops[p.pre].name, p.name
-                        ),
+                        format!("label `{}` sent through `{}` to a population other than its root", c.pops[p.pre].name, p.name),
                         e.span,
                     );
                 }
@@ -313,20 +243,14 @@ fn neuron_tier(c: &Circuit, e: &Expr, pop: Option<PopId>) -> Verdict {
             let q = reduced_pop(c, arg);
             let mut v = Verdict::new(
                 Tier::Population,
-                format!(
-                    "reduction over population `{}`",
-                    q.map(|q| c.pops[q].name.as_str()).unwrap_or("?")
-                ),
+                format!("reduction over population `{}`", q.map(|q| c.pops[q].name.as_str()).unwrap_or("?")),
                 e.span,
             );
             if let (Some(q), Some(p)) = (q, pop) {
                 if q != p && !is_target_of(c, q, p) {
                     v = Verdict::new(
                         Tier::NonLocal,
-                        format!(
-                            "reduction over `{}` read by `{}` (across populations)",
-                            c.pops[q].name, c.pops[p].name
-                        ),
+                        format!("reduction over `{}` read by `{}` (across populations)", c.pops[q].name, c.pops[p].name),
                         e.span,
                     );
                 }
@@ -337,27 +261,16 @@ fn neuron_tier(c: &Circuit, e: &Expr, pop: Option<PopId>) -> Verdict {
             let q = reduced_pop(c, logits);
             let v = Verdict::new(
                 Tier::Population,
-                format!(
-                    "cross-entropy over population `{}`",
-                    q.map(|q| c.pops[q].name.as_str()).unwrap_or("?")
-                ),
+                format!("cross-entropy over population `{}`", q.map(|q| c.pops[q].name.as_str()).unwrap_or("?")),
                 e.span,
             );
-            v.join(neuron_tier(c, logits, q))
-                .join(neuron_tier(c, target, q))
+            v.join(neuron_tier(c, logits, q)).join(neuron_tier(c, target, q))
         }
-        ExprKind::Grad { .. } => Verdict::new(
-            Tier::NonLocal,
-            "gradient: grad() differentiates through the whole circuit",
-            e.span,
-        ),
-        ExprKind::Syn { .. }
-        | ExprKind::Angle(..)
-        | ExprKind::Symmetry(_)
-        | ExprKind::SpectralRadius(_) => base,
-        ExprKind::Unary { .. } | ExprKind::Binary { .. } | ExprKind::Call { .. } => children(e)
-            .into_iter()
-            .fold(base, |v, ch| v.join(neuron_tier(c, ch, pop))),
+        ExprKind::Grad { .. } => Verdict::new(Tier::NonLocal, "gradient: grad() differentiates through the whole circuit", e.span),
+        ExprKind::Syn { .. } | ExprKind::Angle(..) | ExprKind::Symmetry(_) | ExprKind::SpectralRadius(_) => base,
+        ExprKind::Unary { .. } | ExprKind::Binary { .. } | ExprKind::Call { .. } => {
+            children(e).into_iter().fold(base, |v, ch| v.join(neuron_tier(c, ch, pop)))
+        }
     }
 }
 
@@ -380,15 +293,7 @@ fn reduced_pop(c: &Circuit, e: &Expr) -> Option<PopId> {
                     _ => *pop,
                 })
             }
-            ExprKind::Transmit {
-                path, transpose, ..
-            } => {
-                found = Some(if *transpose {
-                    c.paths[*path].pre
-                } else {
-                    c.paths[*path].post
-                })
-            }
+            ExprKind::Transmit { path, transpose, .. } => found = Some(if *transpose { c.paths[*path].pre } else { c.paths[*path].post }),
             _ => {}
         }
     });
@@ -400,121 +305,63 @@ fn syn_tier(c: &Circuit, e: &Expr, pid: PathId) -> Verdict {
     let me = &c.paths[pid];
     let base = Verdict::new(Tier::Synapse, "own synapse, pre, post and scalars", e.span);
     match &e.kind {
-        ExprKind::Const(_)
-        | ExprKind::Meta(_)
-        | ExprKind::Signal(_)
-        | ExprKind::Rand(_)
-        | ExprKind::Var { .. } => base,
-        ExprKind::Syn {
-            path, transposed, ..
-        } => {
+        ExprKind::Const(_) | ExprKind::Meta(_) | ExprKind::Signal(_) | ExprKind::Rand(_) | ExprKind::Var { .. } => base,
+        ExprKind::Syn { path, transposed, .. } => {
             if *path == pid && !transposed {
                 return base;
             }
             let other = &c.paths[*path];
             let reason = if *transposed {
-                format!(
-                    "weight transport: reads the transposed synapse state of `{}`",
-                    other.name
-                )
+                format!("weight transport: reads the transposed synapse state of `{}`", other.name)
             } else {
-                format!(
-                    "reads the synapse state of another pathway, `{}`",
-                    other.name
-                )
+                format!("reads the synapse state of another pathway, `{}`", other.name)
             };
             let mut v = Verdict::new(Tier::NonLocal, reason, e.span);
-            v.related.push(Label {
-                span: other.name_span,
-                text: format!("`{}` declared here", other.name),
-            });
+            v.related.push(Label { span: other.name_span, text: format!("`{}` declared here", other.name) });
             v
         }
-        ExprKind::Transmit {
-            path,
-            transpose,
-            arg,
-        } => {
+        ExprKind::Transmit { path, transpose, arg } => {
             let p = &c.paths[*path];
             let v = if *transpose && *path == pid {
-                Verdict::new(
-                    Tier::Projection,
-                    format!("back-projection through its own synapses (`{}^T`)", p.name),
-                    e.span,
-                )
+                Verdict::new(Tier::Projection, format!("back-projection through its own synapses (`{}^T`)", p.name), e.span)
             } else if *transpose {
                 let mut v = Verdict::new(
                     Tier::NonLocal,
-                    format!(
-                        "weight transport: `{}` is used backwards in a rule of `{}`",
-                        p.name, me.name
-                    ),
+                    format!("weight transport: `{}` is used backwards in a rule of `{}`", p.name, me.name),
                     e.span,
                 );
-                v.related.push(Label {
-                    span: p.name_span,
-                    text: format!("`{}` declared here", p.name),
-                });
+                v.related.push(Label { span: p.name_span, text: format!("`{}` declared here", p.name) });
                 v
             } else {
-                Verdict::new(
-                    Tier::Neuron,
-                    format!("current arriving through `{}`", p.name),
-                    e.span,
-                )
+                Verdict::new(Tier::Neuron, format!("current arriving through `{}`", p.name), e.span)
             };
             v.join(syn_tier(c, arg, pid))
         }
         ExprKind::Reduce { axis, arg, .. } => {
             let inner = syn_tier(c, arg, pid);
-            let syn_arg = crate::check::space_of(c, arg, crate::check::Ctx::Synapse(pid))
-                .map(|s| s.idx == Idx::Syn)
-                .unwrap_or(false);
+            let syn_arg = crate::check::space_of(c, arg, crate::check::Ctx::Synapse(pid)).map(|s| s.idx == Idx::Syn).unwrap_or(false);
             let v = match (axis, syn_arg) {
-                (Axis::Row, _) => Verdict::new(
-                    Tier::Projection,
-                    "reduction over the incoming synapses of each post neuron (a row)",
-                    e.span,
-                ),
-                (Axis::Col, _) => Verdict::new(
-                    Tier::Projection,
-                    "reduction over the outgoing synapses of each pre neuron (a column)",
-                    e.span,
-                ),
-                (Axis::All, true) => Verdict::new(
-                    Tier::Projection,
-                    "reduction over every synapse of the pathway (per row)",
-                    e.span,
-                )
-                .join(Verdict::new(
-                    Tier::Population,
-                    "summed over the post population",
-                    e.span,
-                )),
-                (Axis::All, false) => {
-                    Verdict::new(Tier::Population, "reduction over a population", e.span)
+                (Axis::Row, _) => {
+                    Verdict::new(Tier::Projection, "reduction over the incoming synapses of each post neuron (a row)", e.span)
                 }
+                (Axis::Col, _) => {
+                    Verdict::new(Tier::Projection, "reduction over the outgoing synapses of each pre neuron (a column)", e.span)
+                }
+                (Axis::All, true) => Verdict::new(Tier::Projection, "reduction over every synapse of the pathway (per row)", e.span)
+                    .join(Verdict::new(Tier::Population, "summed over the post population", e.span)),
+                (Axis::All, false) => Verdict::new(Tier::Population, "reduction over a population", e.span),
             };
             v.join(inner)
         }
-        ExprKind::Softmax(arg) => {
-            Verdict::new(Tier::Population, "softmax over a population", e.span)
-                .join(syn_tier(c, arg, pid))
-        }
-        ExprKind::CrossEntropy { logits, target } => {
-            Verdict::new(Tier::Population, "cross-entropy over a population", e.span)
-                .join(syn_tier(c, logits, pid))
-                .join(syn_tier(c, target, pid))
-        }
-        ExprKind::Grad { .. } => Verdict::new(
-            Tier::NonLocal,
-            "gradient: grad() differentiates through the whole circuit",
-            e.span,
-        ),
+        ExprKind::Softmax(arg) => Verdict::new(Tier::Population, "softmax over a population", e.span).join(syn_tier(c, arg, pid)),
+        ExprKind::CrossEntropy { logits, target } => Verdict::new(Tier::Population, "cross-entropy over a population", e.span)
+            .join(syn_tier(c, logits, pid))
+            .join(syn_tier(c, target, pid)),
+        ExprKind::Grad { .. } => Verdict::new(Tier::NonLocal, "gradient: grad() differentiates through the whole circuit", e.span),
         ExprKind::Angle(..) | ExprKind::Symmetry(_) | ExprKind::SpectralRadius(_) => base,
-        ExprKind::Unary { .. } | ExprKind::Binary { .. } | ExprKind::Call { .. } => children(e)
-            .into_iter()
-            .fold(base, |v, ch| v.join(syn_tier(c, ch, pid))),
+        ExprKind::Unary { .. } | ExprKind::Binary { .. } | ExprKind::Call { .. } => {
+            children(e).into_iter().fold(base, |v, ch| v.join(syn_tier(c, ch, pid)))
+        }
     }
 }
 
@@ -529,25 +376,16 @@ pub fn claim_diagnostics(c: &Circuit, report: &Report) -> Vec<Diagnostic> {
             continue;
         }
         let code = match r.verdict.tier {
-            Tier::NonLocal if r.verdict.reason.starts_with("weight transport") => {
-                "circ::locality::weight_transport"
-            }
+            Tier::NonLocal if r.verdict.reason.starts_with("weight transport") => "circ::locality::weight_transport",
             Tier::NonLocal if r.verdict.reason.starts_with("label") => "circ::locality::label",
-            Tier::NonLocal if r.verdict.reason.starts_with("gradient") => {
-                "circ::locality::gradient"
-            }
+            Tier::NonLocal if r.verdict.reason.starts_with("gradient") => "circ::locality::gradient",
             Tier::NonLocal => "circ::locality::nonlocal",
             _ => "circ::locality::exceeds_claim",
         };
         let mut d = Diagnostic::error(
             code,
             r.verdict.span,
-            format!(
-                "`{}` is {} but the circuit claims {}",
-                r.target,
-                r.verdict.tier.name(),
-                claim.name()
-            ),
+            format!("`{}` is {} but the circuit claims {}", r.target, r.verdict.tier.name(), claim.name()),
         )
         .label(r.verdict.reason.clone())
         .with(claim_span, format!("claimed {}", claim.name()));
@@ -557,10 +395,7 @@ pub fn claim_diagnostics(c: &Circuit, report: &Report) -> Vec<Diagnostic> {
         if let Some(v) = r.via {
             d = d.with(v, "from the rule applied here");
         }
-        d = d.help(format!(
-            "make the term local, or declare the honest tier: `locality {}`",
-            claim_text(claim.join(r.verdict.tier))
-        ));
+        d = d.help(format!("make the term local, or declare the honest tier: `locality {}`", claim_text(claim.join(r.verdict.tier))));
         out.push(d);
     }
     out
@@ -578,20 +413,11 @@ fn claim_text(t: Tier) -> &'static str {
 pub fn render_report(c: &Circuit, report: &Report, sources: &Sources) -> String {
     let mut out = String::new();
     let claim = c.claim.map(|(t, _)| t.name()).unwrap_or("none");
-    out.push_str(&format!(
-        "circuit {}: {} (claimed: {})\n",
-        c.name,
-        report.tier.name(),
-        claim
-    ));
+    out.push_str(&format!("circuit {}: {} (claimed: {})\n", c.name, report.tier.name(), claim));
     let mut lines: Vec<[String; 4]> = Vec::new();
     for r in &report.rows {
         let text = match r.via {
-            Some(_) => format!(
-                "{}: {}",
-                r.target.split('.').next().unwrap_or(""),
-                one_line(sources.text(r.stmt_span))
-            ),
+            Some(_) => format!("{}: {}", r.target.split('.').next().unwrap_or(""), one_line(sources.text(r.stmt_span))),
             None => one_line(sources.text(r.stmt_span)),
         };
         let loc = {
@@ -599,35 +425,15 @@ pub fn render_report(c: &Circuit, report: &Report, sources: &Sources) -> String 
             let (l, col) = sources.line_col(s.file, s.lo);
             format!("{}:{}", l, col)
         };
-        lines.push([
-            r.verdict.tier.name().to_string(),
-            loc,
-            text,
-            r.verdict.reason.clone(),
-        ]);
+        lines.push([r.verdict.tier.name().to_string(), loc, text, r.verdict.reason.clone()]);
     }
     let w0 = lines.iter().map(|l| l[0].len()).max().unwrap_or(4).max(4);
     let w1 = lines.iter().map(|l| l[1].len()).max().unwrap_or(4).max(4);
-    let w2 = lines
-        .iter()
-        .map(|l| l[2].chars().count())
-        .max()
-        .unwrap_or(8)
-        .clamp(8, 48);
-    out.push_str(&format!(
-        "  {:w0$}  {:w1$}  {:w2$}  {}\n",
-        "tier", "line", "equation", "why"
-    ));
+    let w2 = lines.iter().map(|l| l[2].chars().count()).max().unwrap_or(8).clamp(8, 48);
+    out.push_str(&format!("  {:w0$}  {:w1$}  {:w2$}  {}\n", "tier", "line", "equation", "why"));
     for l in &lines {
-        let eq: String = if l[2].chars().count() > w2 {
-            l[2].chars().take(w2 - 1).collect::<String>() + "…"
-        } else {
-            l[2].clone()
-        };
-        out.push_str(&format!(
-            "  {:w0$}  {:w1$}  {:w2$}  {}\n",
-            l[0], l[1], eq, l[3]
-        ));
+        let eq: String = if l[2].chars().count() > w2 { l[2].chars().take(w2 - 1).collect::<String>() + "…" } else { l[2].clone() };
+        out.push_str(&format!("  {:w0$}  {:w1$}  {:w2$}  {}\n", l[0], l[1], eq, l[3]));
     }
     let setters: Vec<String> = report.setters().map(|r| r.target.clone()).collect();
     if !setters.is_empty() {

@@ -29,9 +29,7 @@ pub struct Override {
 
 /// Parses the VALUE of `--set NAME=VALUE`: an integer, a float or a bool.
 pub fn parse_override(text: &str) -> Result<Override, String> {
-    let (name, value) = text
-        .split_once('=')
-        .ok_or_else(|| format!("`{text}` is not NAME=VALUE"))?;
+    let (name, value) = text.split_once('=').ok_or_else(|| format!("`{text}` is not NAME=VALUE"))?;
     let name = name.trim().to_string();
     let v = value.trim();
     let value = if let Ok(i) = v.parse::<i64>() {
@@ -50,17 +48,7 @@ pub fn parse_override(text: &str) -> Result<Override, String> {
 }
 
 /// Keys of the `experiment` block that `--set` may also override.
-pub const EXPERIMENT_KEYS: &[&str] = &[
-    "data",
-    "epochs",
-    "batch",
-    "seed",
-    "shuffle",
-    "limit",
-    "readout",
-    "loss",
-    "eval_batch",
-];
+pub const EXPERIMENT_KEYS: &[&str] = &["data", "epochs", "batch", "seed", "shuffle", "limit", "readout", "loss", "eval_batch"];
 
 /// Builtin names that `fn` calls resolve to (for "did you mean").
 const BUILTIN_CALLS: &[&str] = &[
@@ -193,19 +181,11 @@ impl Resolver<'_> {
             Some(c) => (c.name.name.clone(), self.claim(c)),
             None => {
                 let fname = self.sources.file(root).name.clone();
-                let stem = std::path::Path::new(&fname)
-                    .file_stem()
-                    .and_then(|s| s.to_str())
-                    .unwrap_or("circuit")
-                    .to_string();
+                let stem = std::path::Path::new(&fname).file_stem().and_then(|s| s.to_str()).unwrap_or("circuit").to_string();
                 (stem, None)
             }
         };
-        let head_span = program
-            .circuit
-            .as_ref()
-            .map(|c| c.span)
-            .unwrap_or(file_start);
+        let head_span = program.circuit.as_ref().map(|c| c.span).unwrap_or(file_start);
 
         // Imports first: their items come before the file's own.
         let mut items = Vec::new();
@@ -218,14 +198,10 @@ impl Resolver<'_> {
             match it {
                 Item::Fn(f) => {
                     if let Some(prev) = self.fns.get(&f.name.name) {
-                        let d = Diagnostic::error(
-                            "circ::name::duplicate",
-                            f.name.span,
-                            format!("`{}` is defined twice", f.name.name),
-                        )
-                        .label("second definition")
-                        .with(prev.name.span, "first definition")
-                        .help("rename one of them");
+                        let d = Diagnostic::error("circ::name::duplicate", f.name.span, format!("`{}` is defined twice", f.name.name))
+                            .label("second definition")
+                            .with(prev.name.span, "first definition")
+                            .help("rename one of them");
                         self.err(d);
                     } else {
                         self.fns.insert(f.name.name.clone(), f.clone());
@@ -233,14 +209,11 @@ impl Resolver<'_> {
                 }
                 Item::Rule(rd) => {
                     if let Some(prev) = self.rules.get(&rd.name.name) {
-                        let d = Diagnostic::error(
-                            "circ::name::duplicate",
-                            rd.name.span,
-                            format!("rule `{}` is defined twice", rd.name.name),
-                        )
-                        .label("second definition")
-                        .with(prev.name.span, "first definition")
-                        .help("rename one of them");
+                        let d =
+                            Diagnostic::error("circ::name::duplicate", rd.name.span, format!("rule `{}` is defined twice", rd.name.name))
+                                .label("second definition")
+                                .with(prev.name.span, "first definition")
+                                .help("rename one of them");
                         self.err(d);
                     } else {
                         self.rules.insert(rd.name.name.clone(), rd.clone());
@@ -251,13 +224,7 @@ impl Resolver<'_> {
         }
         // Pass 1: params in order (top level only).
         for it in &items {
-            if let Item::Param {
-                name,
-                ty,
-                value,
-                span,
-            } = it
-            {
+            if let Item::Param { name, ty, value, span } = it {
                 self.param(name, ty.as_ref(), value, *span);
             }
         }
@@ -275,14 +242,7 @@ impl Resolver<'_> {
                 .label("in this circuit");
                 d = match suggest(&o.name, cands.iter().copied()) {
                     Some(s) => d.help(format!("did you mean `{s}`?")),
-                    None => d.help(format!(
-                        "params: {}",
-                        if known.is_empty() {
-                            "(none)".into()
-                        } else {
-                            known.join(", ")
-                        }
-                    )),
+                    None => d.help(format!("params: {}", if known.is_empty() { "(none)".into() } else { known.join(", ") })),
                 };
                 self.err(d);
             }
@@ -299,10 +259,7 @@ impl Resolver<'_> {
         // Pass 4: phases, plasticity, monitors, experiment.
         self.declare_pass(&items, &env, 4);
 
-        let f64 = self
-            .params
-            .iter()
-            .any(|p| p.name == "precision" && p.value == Value::Int(64));
+        let f64 = self.params.iter().any(|p| p.name == "precision" && p.value == Value::Int(64));
         let mut experiment = std::mem::take(&mut self.experiment);
         self.apply_experiment_overrides(&mut experiment, head_span);
         Some(Circuit {
@@ -344,14 +301,7 @@ impl Resolver<'_> {
     }
 
     /// Flattens imports (depth-first, each file once) into `out`.
-    fn collect_items(
-        &mut self,
-        file: FileId,
-        items: Vec<Item>,
-        out: &mut Vec<Item>,
-        loaded: &mut HashSet<String>,
-        depth: usize,
-    ) {
+    fn collect_items(&mut self, file: FileId, items: Vec<Item>, out: &mut Vec<Item>, loaded: &mut HashSet<String>, depth: usize) {
         for it in items {
             if let Item::Import { path, span } = &it {
                 if depth > 32 {
@@ -396,14 +346,10 @@ impl Resolver<'_> {
 
     fn param(&mut self, name: &ast::Ident, ty: Option<&ast::Ident>, value: &ast::Expr, span: Span) {
         if let Some(prev) = self.params.iter().find(|p| p.name == name.name) {
-            let d = Diagnostic::error(
-                "circ::name::duplicate",
-                name.span,
-                format!("param `{}` is declared twice", name.name),
-            )
-            .label("second declaration")
-            .with(prev.span, "first declaration")
-            .help("remove one of them, or override the value with `--set`");
+            let d = Diagnostic::error("circ::name::duplicate", name.span, format!("param `{}` is declared twice", name.name))
+                .label("second declaration")
+                .with(prev.span, "first declaration")
+                .help("remove one of them, or override the value with `--set`");
             self.err(d);
             return;
         }
@@ -419,9 +365,7 @@ impl Resolver<'_> {
         if let Some(ty) = ty {
             v = match (ty.name.as_str(), v) {
                 ("int", Value::Int(i)) => Value::Int(i),
-                ("int", Value::Float(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
-                    Value::Int(f as i64)
-                }
+                ("int", Value::Float(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Value::Int(f as i64),
                 ("float", x @ (Value::Int(_) | Value::Float(_))) => Value::Float(x.as_f64()),
                 ("bool", Value::Bool(b)) => Value::Bool(b),
                 ("bool", Value::Int(i)) if i == 0 || i == 1 => Value::Bool(i == 1),
@@ -432,11 +376,7 @@ impl Resolver<'_> {
                         format!(
                             "param `{}` is declared {t} but {} {x} is a {}",
                             name.name,
-                            if overridden {
-                                "the override"
-                            } else {
-                                "its value"
-                            },
+                            if overridden { "the override" } else { "its value" },
                             x.type_name()
                         ),
                     )
@@ -448,12 +388,7 @@ impl Resolver<'_> {
                 }
             };
         }
-        self.params.push(Param {
-            name: name.name.clone(),
-            value: v,
-            span,
-            overridden,
-        });
+        self.params.push(Param { name: name.name.clone(), value: v, span, overridden });
     }
 
     fn find_param(&self, name: &str) -> Option<Value> {
@@ -487,10 +422,7 @@ impl Resolver<'_> {
             }
             A::Bool(b) => Ok(Value::Bool(*b)),
             A::Str(_) => Err((e.span, "a string".into())),
-            A::Ref {
-                entity,
-                field: None,
-            } if entity.index.is_none() => {
+            A::Ref { entity, field: None } if entity.index.is_none() => {
                 let n = &entity.name.name;
                 match env.get(n) {
                     Some(Binding::Int(i)) => return Ok(Value::Int(*i)),
@@ -511,10 +443,7 @@ impl Resolver<'_> {
             A::Unary { op, expr } => {
                 let v = self.try_const(expr, env)?;
                 Ok(match (op, v) {
-                    (UnOp::Neg, Value::Int(i)) => Value::Int(
-                        i.checked_neg()
-                            .ok_or((e.span, "integer overflow".to_string()))?,
-                    ),
+                    (UnOp::Neg, Value::Int(i)) => Value::Int(i.checked_neg().ok_or((e.span, "integer overflow".to_string()))?),
                     (UnOp::Neg, x) => Value::Float(-x.as_f64()),
                     (UnOp::Not, x) => Value::Bool(x.as_f64() == 0.0),
                 })
@@ -522,32 +451,19 @@ impl Resolver<'_> {
             A::Binary { op, lhs, rhs } => {
                 let a = self.try_const(lhs, env)?;
                 let b = self.try_const(rhs, env)?;
-                const_binop(*op, a, b)
-                    .ok_or((e.span, "arithmetic overflow or division by zero".into()))
+                const_binop(*op, a, b).ok_or((e.span, "arithmetic overflow or division by zero".into()))
             }
-            A::Call {
-                callee,
-                index: None,
-                transpose: false,
-                args,
-            } => {
+            A::Call { callee, index: None, transpose: false, args } => {
                 let f = callee.name.as_str();
                 if f == "size" && args.len() == 1 {
-                    if let A::Ref {
-                        entity,
-                        field: None,
-                    } = &args[0].kind
-                    {
+                    if let A::Ref { entity, field: None } = &args[0].kind {
                         if let Ok(Some(p)) = self.lookup_pop_quiet(entity, env) {
                             return Ok(Value::Int(self.pops[p].size as i64));
                         }
                     }
                     return Err((e.span, "size() takes a population".into()));
                 }
-                let vals: Result<Vec<f64>, _> = args
-                    .iter()
-                    .map(|a| self.try_const(a, env).map(|v| v.as_f64()))
-                    .collect();
+                let vals: Result<Vec<f64>, _> = args.iter().map(|a| self.try_const(a, env).map(|v| v.as_f64())).collect();
                 let v = vals?;
                 let r = match (f, v.as_slice()) {
                     ("sqrt", [x]) => x.sqrt(),
@@ -580,13 +496,9 @@ impl Resolver<'_> {
             Value::Int(i) => Some(i),
             Value::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Some(f as i64),
             _ => {
-                let d = Diagnostic::error(
-                    "circ::type::not_int",
-                    e.span,
-                    format!("{what} must be an integer, found {v}"),
-                )
-                .label("not an integer")
-                .help("use an int param or an integer literal");
+                let d = Diagnostic::error("circ::type::not_int", e.span, format!("{what} must be an integer, found {v}"))
+                    .label("not an integer")
+                    .help("use an int param or an integer literal");
                 self.err(d);
                 None
             }
@@ -596,13 +508,9 @@ impl Resolver<'_> {
     fn size(&mut self, e: &ast::Expr, env: &Env) -> Option<usize> {
         let n = self.const_int(e, env, "a size")?;
         if n <= 0 || n > (1 << 31) {
-            let d = Diagnostic::error(
-                "circ::shape::bad_size",
-                e.span,
-                format!("size {n} is out of range"),
-            )
-            .label("sizes must be between 1 and 2^31")
-            .help("check the param this size is computed from");
+            let d = Diagnostic::error("circ::shape::bad_size", e.span, format!("size {n} is out of range"))
+                .label("sizes must be between 1 and 2^31")
+                .help("check the param this size is computed from");
             self.err(d);
             return None;
         }
@@ -615,56 +523,34 @@ impl Resolver<'_> {
     fn declare_pass(&mut self, items: &[Item], env: &Env, pass: u8) {
         for it in items {
             match it {
-                Item::For {
-                    var,
-                    reverse,
-                    lo,
-                    hi,
-                    items,
-                    ..
-                } => {
+                Item::For { var, reverse, lo, hi, items, .. } => {
                     // Bounds are evaluated (and reported) once, in pass 2.
                     let (lo, hi) = if pass == 2 {
-                        (
-                            self.const_int(lo, env, "a loop bound"),
-                            self.const_int(hi, env, "a loop bound"),
-                        )
+                        (self.const_int(lo, env, "a loop bound"), self.const_int(hi, env, "a loop bound"))
                     } else {
-                        (
-                            self.try_const(lo, env).ok().map(|v| v.as_f64() as i64),
-                            self.try_const(hi, env).ok().map(|v| v.as_f64() as i64),
-                        )
+                        (self.try_const(lo, env).ok().map(|v| v.as_f64() as i64), self.try_const(hi, env).ok().map(|v| v.as_f64() as i64))
                     };
                     let (Some(lo), Some(hi)) = (lo, hi) else {
                         continue;
                     };
                     if hi.saturating_sub(lo) > 100_000 {
                         if pass == 2 {
-                            let d = Diagnostic::error("circ::shape::loop_too_long", it.span(), format!("a family of {} members", hi - lo + 1))
-                                .help("families are unrolled at compile time; keep them under 100000 members");
+                            let d =
+                                Diagnostic::error("circ::shape::loop_too_long", it.span(), format!("a family of {} members", hi - lo + 1))
+                                    .help("families are unrolled at compile time; keep them under 100000 members");
                             self.err(d);
                         }
                         continue;
                     }
-                    let range: Vec<i64> = if *reverse {
-                        (lo..=hi).rev().collect()
-                    } else {
-                        (lo..=hi).collect()
-                    };
+                    let range: Vec<i64> = if *reverse { (lo..=hi).rev().collect() } else { (lo..=hi).collect() };
                     for i in range {
                         let mut e2 = env.clone();
                         e2.insert(var.name.clone(), Binding::Int(i));
                         self.declare_pass(items, &e2, pass);
                     }
                 }
-                Item::If {
-                    cond, then, els, ..
-                } => {
-                    let c = if pass == 2 {
-                        self.const_eval(cond, env)
-                    } else {
-                        self.try_const(cond, env).ok()
-                    };
+                Item::If { cond, then, els, .. } => {
+                    let c = if pass == 2 { self.const_eval(cond, env) } else { self.try_const(cond, env).ok() };
                     let Some(c) = c else { continue };
                     if c.as_f64() != 0.0 {
                         self.declare_pass(then, env, pass);
@@ -673,38 +559,21 @@ impl Resolver<'_> {
                     }
                 }
                 Item::Param { span, .. } if pass == 2 && !env.is_empty() => {
-                    let d = Diagnostic::error(
-                        "circ::name::param_in_loop",
-                        *span,
-                        "params must be declared at the top level",
-                    )
-                    .help("move the param out of the `for`/`if`");
+                    let d = Diagnostic::error("circ::name::param_in_loop", *span, "params must be declared at the top level")
+                        .help("move the param out of the `for`/`if`");
                     self.err(d);
                 }
                 Item::Fn(f) if pass == 2 && !env.is_empty() => {
-                    let d = Diagnostic::error(
-                        "circ::name::def_in_loop",
-                        f.span,
-                        "fns must be defined at the top level",
-                    )
-                    .help("move the definition out of the `for`/`if`");
+                    let d = Diagnostic::error("circ::name::def_in_loop", f.span, "fns must be defined at the top level")
+                        .help("move the definition out of the `for`/`if`");
                     self.err(d);
                 }
                 Item::Rule(r) if pass == 2 && !env.is_empty() => {
-                    let d = Diagnostic::error(
-                        "circ::name::def_in_loop",
-                        r.span,
-                        "rules must be defined at the top level",
-                    )
-                    .help("move the definition out of the `for`/`if`");
+                    let d = Diagnostic::error("circ::name::def_in_loop", r.span, "rules must be defined at the top level")
+                        .help("move the definition out of the `for`/`if`");
                     self.err(d);
                 }
-                Item::Signal {
-                    name,
-                    state,
-                    init,
-                    span,
-                } if pass == 2 => {
+                Item::Signal { name, state, init, span } if pass == 2 => {
                     let init = match init {
                         Some(e) => self.const_eval(e, env).map(|v| v.as_f64()).unwrap_or(0.0),
                         None => 0.0,
@@ -712,47 +581,38 @@ impl Resolver<'_> {
                     if self.name_taken(&name.name, name.span) {
                         continue;
                     }
-                    self.signals.push(Signal {
-                        name: name.name.clone(),
-                        state: *state,
-                        init,
-                        span: *span,
-                    });
+                    self.signals.push(Signal { name: name.name.clone(), state: *state, init, span: *span });
                 }
                 Item::Meta { name, value, span } if pass == 2 => {
-                    let init = self
-                        .const_eval(value, env)
-                        .map(|v| v.as_f64())
-                        .unwrap_or(0.0);
+                    let init = self.const_eval(value, env).map(|v| v.as_f64()).unwrap_or(0.0);
                     if self.name_taken(&name.name, name.span) {
                         continue;
                     }
-                    self.metas.push(Meta {
-                        name: name.name.clone(),
-                        init,
-                        span: *span,
-                    });
+                    self.metas.push(Meta { name: name.name.clone(), init, span: *span });
                 }
-                Item::Input { head, span } if pass == 2 => {
-                    self.declare_pop(head, &[], PopKind::Input, *span, env)
-                }
+                Item::Input { head, span } if pass == 2 => self.declare_pop(head, &[], PopKind::Input, *span, env),
                 Item::Target { head, root, span } if pass == 2 => {
                     // The root is linked in pass 3, when every population exists.
                     let _ = root;
                     self.declare_pop(head, &[], PopKind::Target { root: usize::MAX }, *span, env)
                 }
-                Item::Pop { head, vars, span } if pass == 2 => {
-                    self.declare_pop(head, vars, PopKind::Neurons, *span, env)
-                }
+                Item::Pop { head, vars, span } if pass == 2 => self.declare_pop(head, vars, PopKind::Neurons, *span, env),
                 Item::Target { head, root, .. } if pass == 3 => {
                     let Some(me) = self.member_id(&head.name, head.index.as_ref(), env) else {
                         continue;
                     };
                     if let Some(r) = self.lookup_pop(root, env) {
                         if matches!(self.pops[r].kind, PopKind::Input | PopKind::Target { .. }) {
-                            let d = Diagnostic::error("circ::name::bad_root", root.span, format!("the root of a target must be a population of neurons; `{}` is clamped from data", self.pops[r].name))
-                                .label("clamped population")
-                                .help("attach the target to the output population: `target y[10] at o`");
+                            let d = Diagnostic::error(
+                                "circ::name::bad_root",
+                                root.span,
+                                format!(
+                                    "the root of a target must be a population of neurons; `{}` is clamped from data",
+                                    self.pops[r].name
+                                ),
+                            )
+                            .label("clamped population")
+                            .help("attach the target to the output population: `target y[10] at o`");
                             self.err(d);
                         } else if self.pops[r].size != self.pops[me].size {
                             let d = Diagnostic::error(
@@ -760,10 +620,7 @@ impl Resolver<'_> {
                                 root.span,
                                 format!(
                                     "target `{}` has {} values but its root `{}` has {} neurons",
-                                    self.pops[me].name,
-                                    self.pops[me].size,
-                                    self.pops[r].name,
-                                    self.pops[r].size
+                                    self.pops[me].name, self.pops[me].size, self.pops[r].name, self.pops[r].size
                                 ),
                             )
                             .label(format!("{} neurons", self.pops[r].size))
@@ -779,16 +636,10 @@ impl Resolver<'_> {
                 Item::Plasticity(pl) if pass == 4 => self.plasticity_block(pl, env),
                 Item::Monitor { name, expr, span } if pass == 4 => {
                     if let Some(e) = self.expr(expr, env, Ctx::Monitor) {
-                        self.monitors.push(Monitor {
-                            name: name.name.clone(),
-                            expr: e,
-                            span: *span,
-                        });
+                        self.monitors.push(Monitor { name: name.name.clone(), expr: e, span: *span });
                     }
                 }
-                Item::Experiment { entries, span } if pass == 4 => {
-                    self.experiment_block(entries, *span, env)
-                }
+                Item::Experiment { entries, span } if pass == 4 => self.experiment_block(entries, *span, env),
                 _ => {}
             }
         }
@@ -805,14 +656,10 @@ impl Resolver<'_> {
             .or_else(|| self.params.iter().find(|p| p.name == name).map(|p| p.span))
             .or_else(|| self.entities.get(name).map(|e| e.span));
         if let Some(prev) = prev {
-            let d = Diagnostic::error(
-                "circ::name::duplicate",
-                span,
-                format!("`{name}` is declared twice"),
-            )
-            .label("second declaration")
-            .with(prev, "first declaration")
-            .help("every param, signal, population and pathway needs its own name");
+            let d = Diagnostic::error("circ::name::duplicate", span, format!("`{name}` is declared twice"))
+                .label("second declaration")
+                .with(prev, "first declaration")
+                .help("every param, signal, population and pathway needs its own name");
             self.err(d);
             return true;
         }
@@ -820,13 +667,7 @@ impl Resolver<'_> {
     }
 
     /// Registers an entity (single or family member) and returns false on a clash.
-    fn register(
-        &mut self,
-        kind: EntityKind,
-        name: &ast::Ident,
-        index: Option<i64>,
-        id: usize,
-    ) -> bool {
+    fn register(&mut self, kind: EntityKind, name: &ast::Ident, index: Option<i64>, id: usize) -> bool {
         let clash_global = self.params.iter().any(|p| p.name == name.name)
             || self.signals.iter().any(|s| s.name == name.name)
             || self.metas.iter().any(|m| m.name == name.name);
@@ -836,12 +677,7 @@ impl Resolver<'_> {
         }
         match self.entities.get_mut(&name.name) {
             None => {
-                let mut e = Entity {
-                    kind,
-                    single: None,
-                    members: BTreeMap::new(),
-                    span: name.span,
-                };
+                let mut e = Entity { kind, single: None, members: BTreeMap::new(), span: name.span };
                 match index {
                     Some(i) => {
                         e.members.insert(i, id);
@@ -853,10 +689,7 @@ impl Resolver<'_> {
             }
             Some(e) => {
                 let prev = e.span;
-                let ok = e.kind == kind
-                    && e.single.is_none()
-                    && index.is_some()
-                    && !e.members.contains_key(&index.unwrap_or(0));
+                let ok = e.kind == kind && e.single.is_none() && index.is_some() && !e.members.contains_key(&index.unwrap_or(0));
                 if ok {
                     e.members.insert(index.unwrap_or(0), id);
                     return true;
@@ -882,14 +715,7 @@ impl Resolver<'_> {
         }
     }
 
-    fn declare_pop(
-        &mut self,
-        head: &ast::EntityHead,
-        vars: &[ast::VarDecl],
-        kind: PopKind,
-        span: Span,
-        env: &Env,
-    ) {
+    fn declare_pop(&mut self, head: &ast::EntityHead, vars: &[ast::VarDecl], kind: PopKind, span: Span, env: &Env) {
         let index = match &head.index {
             Some(i) => match self.const_int(i, env, "a family index") {
                 Some(v) => Some(v),
@@ -909,12 +735,7 @@ impl Resolver<'_> {
         let mut out = None;
         match kind {
             PopKind::Input | PopKind::Target { .. } => {
-                hv.push(Var {
-                    name: head.name.name.clone(),
-                    state: false,
-                    init: 0.0,
-                    span: head.name.span,
-                });
+                hv.push(Var { name: head.name.name.clone(), state: false, init: 0.0, span: head.name.span });
                 out = Some(0);
             }
             PopKind::Neurons => {
@@ -942,10 +763,7 @@ impl Resolver<'_> {
                             format!("`{}` has an initial value but is not `state`", v.name.name),
                         )
                         .label("reset every step")
-                        .help(format!(
-                            "write `state {}` to carry it from step to step",
-                            v.name.name
-                        ));
+                        .help(format!("write `state {}` to carry it from step to step", v.name.name));
                         self.err(d);
                     }
                     if v.out {
@@ -960,27 +778,14 @@ impl Resolver<'_> {
                             out = Some(hv.len());
                         }
                     }
-                    hv.push(Var {
-                        name: v.name.name.clone(),
-                        state: v.state,
-                        init,
-                        span: v.name.span,
-                    });
+                    hv.push(Var { name: v.name.name.clone(), state: v.state, init, span: v.name.span });
                 }
                 if out.is_none() && hv.len() == 1 {
                     out = Some(0);
                 }
             }
         }
-        self.pops.push(Pop {
-            name,
-            size,
-            kind,
-            vars: hv,
-            out,
-            span,
-            name_span: head.name.span,
-        });
+        self.pops.push(Pop { name, size, kind, vars: hv, out, span, name_span: head.name.span });
     }
 
     fn declare_path(&mut self, p: &ast::PathDecl, env: &Env) {
@@ -996,17 +801,11 @@ impl Resolver<'_> {
         let (Some(pre), Some(post)) = (pre, post) else {
             return;
         };
-        if matches!(
-            self.pops[post].kind,
-            PopKind::Input | PopKind::Target { .. }
-        ) {
+        if matches!(self.pops[post].kind, PopKind::Input | PopKind::Target { .. }) {
             let d = Diagnostic::error(
                 "circ::check::write_clamped",
                 p.post.span,
-                format!(
-                    "pathway `{}` targets `{}`, which is clamped from data",
-                    p.name.name, self.pops[post].name
-                ),
+                format!("pathway `{}` targets `{}`, which is clamped from data", p.name.name, self.pops[post].name),
             )
             .label("clamped population")
             .help("pathways must end on a population of neurons");
@@ -1020,14 +819,8 @@ impl Resolver<'_> {
         let fan_in = self.pops[pre].size as f64;
         let fan_out = self.pops[post].size as f64;
         let mut ienv = env.clone();
-        ienv.insert(
-            "fan_in".into(),
-            Binding::Expr(Expr::constant(fan_in, p.name.span)),
-        );
-        ienv.insert(
-            "fan_out".into(),
-            Binding::Expr(Expr::constant(fan_out, p.name.span)),
-        );
+        ienv.insert("fan_in".into(), Binding::Expr(Expr::constant(fan_in, p.name.span)));
+        ienv.insert("fan_out".into(), Binding::Expr(Expr::constant(fan_out, p.name.span)));
         let mut plastic: Option<(bool, Span)> = None;
         let mut w_init = Init::zeros();
         let mut has_init = false;
@@ -1065,20 +858,13 @@ impl Resolver<'_> {
             }
         }
         let _ = has_init;
-        let mut syn = vec![SynVar {
-            name: "w".into(),
-            init: w_init,
-            span: p.name.span,
-        }];
+        let mut syn = vec![SynVar { name: "w".into(), init: w_init, span: p.name.span }];
         for s in &p.syn {
             if syn.iter().any(|x| x.name == s.name.name) {
                 let d = Diagnostic::error(
                     "circ::name::duplicate",
                     s.name.span,
-                    format!(
-                        "synapse state `{}` is declared twice in `{name}`",
-                        s.name.name
-                    ),
+                    format!("synapse state `{}` is declared twice in `{name}`", s.name.name),
                 )
                 .label("second declaration")
                 .help("`w` is always declared; name other synapse state differently");
@@ -1089,49 +875,21 @@ impl Resolver<'_> {
                 Some(e) => self.init_law(e, &ienv).unwrap_or(Init::zeros()),
                 None => Init::zeros(),
             };
-            syn.push(SynVar {
-                name: s.name.name.clone(),
-                init,
-                span: s.name.span,
-            });
+            syn.push(SynVar { name: s.name.name.clone(), init, span: s.name.span });
         }
         let (plastic, plastic_span) = plastic.unwrap_or((true, p.name.span));
-        self.paths.push(Path {
-            name,
-            pre,
-            post,
-            plastic,
-            plastic_span,
-            syn,
-            weight: None,
-            resample,
-            span: p.span,
-            name_span: p.name.span,
-        });
+        self.paths.push(Path { name, pre, post, plastic, plastic_span, syn, weight: None, resample, span: p.span, name_span: p.name.span });
         if mask.is_some() || weight.is_some() {
             self.pending_weights.push((id, mask, weight, ienv));
         }
     }
 
     /// Resolves `mask` and `weight` attributes into the pathway's effective weight.
-    fn path_weight(
-        &mut self,
-        pid: PathId,
-        mask: Option<&ast::Expr>,
-        weight: Option<&ast::Expr>,
-        env: &Env,
-    ) {
+    fn path_weight(&mut self, pid: PathId, mask: Option<&ast::Expr>, weight: Option<&ast::Expr>, env: &Env) {
         let w_span = self.paths[pid].name_span;
         let base = match weight {
             Some(e) => self.expr(e, env, Ctx::Synapse(pid)),
-            None => Some(Expr {
-                kind: ExprKind::Syn {
-                    path: pid,
-                    var: 0,
-                    transposed: false,
-                },
-                span: w_span,
-            }),
+            None => Some(Expr { kind: ExprKind::Syn { path: pid, var: 0, transposed: false }, span: w_span }),
         };
         let Some(base) = base else { return };
         let eff = match mask {
@@ -1144,19 +902,8 @@ impl Resolver<'_> {
                         return;
                     };
                     let var = self.paths[pid].syn.len();
-                    self.paths[pid].syn.push(SynVar {
-                        name: "mask".into(),
-                        init,
-                        span: m.span,
-                    });
-                    Expr {
-                        kind: ExprKind::Syn {
-                            path: pid,
-                            var,
-                            transposed: false,
-                        },
-                        span: m.span,
-                    }
+                    self.paths[pid].syn.push(SynVar { name: "mask".into(), init, span: m.span });
+                    Expr { kind: ExprKind::Syn { path: pid, var, transposed: false }, span: m.span }
                 } else {
                     match self.expr(m, env, Ctx::Synapse(pid)) {
                         Some(e) => e,
@@ -1164,14 +911,7 @@ impl Resolver<'_> {
                     }
                 };
                 let span = mexpr.span;
-                Expr {
-                    kind: ExprKind::Binary {
-                        op: BinOp::Mul,
-                        lhs: Box::new(mexpr),
-                        rhs: Box::new(base),
-                    },
-                    span,
-                }
+                Expr { kind: ExprKind::Binary { op: BinOp::Mul, lhs: Box::new(mexpr), rhs: Box::new(base) }, span }
             }
         };
         self.paths[pid].weight = Some(eff);
@@ -1180,12 +920,7 @@ impl Resolver<'_> {
     /// Reads an init law: `law`, `law * c`, `c * law`, `law / c`, `-law`, or a constant.
     fn init_law(&mut self, e: &ast::Expr, env: &Env) -> Option<Init> {
         match &e.kind {
-            A::Call {
-                callee,
-                args,
-                index: None,
-                transpose: false,
-            } if is_law_name(&callee.name) => {
+            A::Call { callee, args, index: None, transpose: false } if is_law_name(&callee.name) => {
                 let mut vals = Vec::new();
                 for a in args {
                     vals.push(self.const_eval(a, env)?.as_f64());
@@ -1217,83 +952,41 @@ impl Resolver<'_> {
                 };
                 Some(Init { law, scale: 1.0 })
             }
-            A::Binary {
-                op: BinOp::Mul,
-                lhs,
-                rhs,
-            } => {
+            A::Binary { op: BinOp::Mul, lhs, rhs } => {
                 if let Ok(c) = self.try_const(lhs, env) {
                     let i = self.init_law(rhs, env)?;
-                    return Some(Init {
-                        scale: i.scale * c.as_f64(),
-                        ..i
-                    });
+                    return Some(Init { scale: i.scale * c.as_f64(), ..i });
                 }
                 let i = self.init_law(lhs, env)?;
                 let c = self.const_eval(rhs, env)?.as_f64();
-                Some(Init {
-                    scale: i.scale * c,
-                    ..i
-                })
+                Some(Init { scale: i.scale * c, ..i })
             }
-            A::Binary {
-                op: BinOp::Div,
-                lhs,
-                rhs,
-            } => {
+            A::Binary { op: BinOp::Div, lhs, rhs } => {
                 let i = self.init_law(lhs, env)?;
                 let c = self.const_eval(rhs, env)?.as_f64();
                 if c == 0.0 {
-                    let d = Diagnostic::error(
-                        "circ::init::div_zero",
-                        rhs.span,
-                        "division by zero in an init law",
-                    )
-                    .help("the divisor evaluates to 0");
+                    let d = Diagnostic::error("circ::init::div_zero", rhs.span, "division by zero in an init law")
+                        .help("the divisor evaluates to 0");
                     self.err(d);
                     return None;
                 }
-                Some(Init {
-                    scale: i.scale / c,
-                    ..i
-                })
+                Some(Init { scale: i.scale / c, ..i })
             }
-            A::Unary {
-                op: UnOp::Neg,
-                expr,
-            } => {
+            A::Unary { op: UnOp::Neg, expr } => {
                 let i = self.init_law(expr, env)?;
-                Some(Init {
-                    scale: -i.scale,
-                    ..i
-                })
+                Some(Init { scale: -i.scale, ..i })
             }
-            A::Ref {
-                entity,
-                field: None,
-            } if entity.index.is_none() && is_law_name(&entity.name.name) => {
+            A::Ref { entity, field: None } if entity.index.is_none() && is_law_name(&entity.name.name) => {
                 // A law without parentheses: `init zeros`.
-                let call = ast::Expr {
-                    kind: A::Call {
-                        callee: entity.name.clone(),
-                        index: None,
-                        transpose: false,
-                        args: vec![],
-                    },
-                    span: e.span,
-                };
+                let call =
+                    ast::Expr { kind: A::Call { callee: entity.name.clone(), index: None, transpose: false, args: vec![] }, span: e.span };
                 self.init_law(&call, env)
             }
             _ => match self.try_const(e, env) {
-                Ok(v) => Some(Init {
-                    law: Law::Constant(v.as_f64()),
-                    scale: 1.0,
-                }),
+                Ok(v) => Some(Init { law: Law::Constant(v.as_f64()), scale: 1.0 }),
                 Err(_) => {
                     let d =
-                        Diagnostic::error("circ::init::bad_law", e.span, "expected an init law")
-                            .label("not an init law")
-                            .help(law_help());
+                        Diagnostic::error("circ::init::bad_law", e.span, "expected an init law").label("not an init law").help(law_help());
                     self.err(d);
                     None
                 }
@@ -1305,20 +998,11 @@ impl Resolver<'_> {
     // Entities
 
     fn entity_candidates(&self, kind: Option<EntityKind>) -> Vec<String> {
-        self.entities
-            .iter()
-            .filter(|(_, e)| kind.is_none_or(|k| e.kind == k))
-            .map(|(n, _)| n.clone())
-            .collect()
+        self.entities.iter().filter(|(_, e)| kind.is_none_or(|k| e.kind == k)).map(|(n, _)| n.clone()).collect()
     }
 
     /// The id of a declared family member or single entity, by its head.
-    fn member_id(
-        &mut self,
-        name: &ast::Ident,
-        index: Option<&ast::Expr>,
-        env: &Env,
-    ) -> Option<usize> {
+    fn member_id(&mut self, name: &ast::Ident, index: Option<&ast::Expr>, env: &Env) -> Option<usize> {
         let idx = match index {
             Some(i) => Some(self.const_int(i, env, "a family index")?),
             None => None,
@@ -1347,36 +1031,20 @@ impl Resolver<'_> {
     }
 
     /// Looks up an entity by reference, reporting unknown names, missing or extra indices.
-    fn lookup_entity(
-        &mut self,
-        r: &ast::EntityRef,
-        env: &Env,
-        want: Option<EntityKind>,
-    ) -> Option<(EntityKind, usize)> {
+    fn lookup_entity(&mut self, r: &ast::EntityRef, env: &Env, want: Option<EntityKind>) -> Option<(EntityKind, usize)> {
         let Some(e) = self.entities.get(&r.name.name).cloned() else {
             let what = match want {
                 Some(EntityKind::Pop) => "population",
                 Some(EntityKind::Path) => "pathway",
                 None => "name",
             };
-            let mut d = Diagnostic::error(
-                "circ::name::unknown",
-                r.name.span,
-                format!("unknown {what} `{}`", r.name.name),
-            )
-            .label(format!("no {what} of this name"));
-            d = match suggest(
-                &r.name.name,
-                self.entity_candidates(want).iter().map(|s| s.as_str()),
-            ) {
+            let mut d = Diagnostic::error("circ::name::unknown", r.name.span, format!("unknown {what} `{}`", r.name.name))
+                .label(format!("no {what} of this name"));
+            d = match suggest(&r.name.name, self.entity_candidates(want).iter().map(|s| s.as_str())) {
                 Some(s) => d.help(format!("did you mean `{s}`?")),
                 None => d.help(format!(
                     "declare it first, e.g. `{}`",
-                    if want == Some(EntityKind::Path) {
-                        "path W: x -> h"
-                    } else {
-                        "pop h[100] { a }"
-                    }
+                    if want == Some(EntityKind::Path) { "path W: x -> h" } else { "pop h[100] { a }" }
                 )),
             };
             self.err(d);
@@ -1404,18 +1072,11 @@ impl Resolver<'_> {
             (None, Some(id)) => Some((e.kind, id)),
             (None, None) => {
                 let first = e.members.keys().next().copied().unwrap_or(0);
-                let d = Diagnostic::error(
-                    "circ::name::family_needs_index",
-                    r.span,
-                    format!("`{}` is a family; say which member", r.name.name),
-                )
-                .label("missing index")
-                .with(e.span, "declared as a family here")
-                .help(format!(
-                    "write `{}[{first}]` (members: {})",
-                    r.name.name,
-                    members_text(&e.members)
-                ));
+                let d =
+                    Diagnostic::error("circ::name::family_needs_index", r.span, format!("`{}` is a family; say which member", r.name.name))
+                        .label("missing index")
+                        .with(e.span, "declared as a family here")
+                        .help(format!("write `{}[{first}]` (members: {})", r.name.name, members_text(&e.members)));
                 self.err(d);
                 None
             }
@@ -1436,14 +1097,10 @@ impl Resolver<'_> {
                 match e.members.get(&iv) {
                     Some(id) => Some((e.kind, *id)),
                     None => {
-                        let d = Diagnostic::error(
-                            "circ::name::no_member",
-                            r.span,
-                            format!("`{}` has no member {iv}", r.name.name),
-                        )
-                        .label(format!("index {iv} is not declared"))
-                        .with(e.span, "family declared here")
-                        .help(format!("members are {}", members_text(&e.members)));
+                        let d = Diagnostic::error("circ::name::no_member", r.span, format!("`{}` has no member {iv}", r.name.name))
+                            .label(format!("index {iv} is not declared"))
+                            .with(e.span, "family declared here")
+                            .help(format!("members are {}", members_text(&e.members)));
                         self.err(d);
                         None
                     }
@@ -1453,13 +1110,11 @@ impl Resolver<'_> {
     }
 
     fn lookup_pop(&mut self, r: &ast::EntityRef, env: &Env) -> Option<PopId> {
-        self.lookup_entity(r, env, Some(EntityKind::Pop))
-            .map(|(_, id)| id)
+        self.lookup_entity(r, env, Some(EntityKind::Pop)).map(|(_, id)| id)
     }
 
     fn lookup_path(&mut self, r: &ast::EntityRef, env: &Env) -> Option<PathId> {
-        self.lookup_entity(r, env, Some(EntityKind::Path))
-            .map(|(_, id)| id)
+        self.lookup_entity(r, env, Some(EntityKind::Path)).map(|(_, id)| id)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1471,18 +1126,12 @@ impl Resolver<'_> {
             A::Number { value, .. } => ExprKind::Const(*value),
             A::Bool(b) => ExprKind::Const(*b as i64 as f64),
             A::Str(_) => {
-                let d = Diagnostic::error(
-                    "circ::type::string",
-                    span,
-                    "a string cannot be used as a value",
-                )
-                .help("strings are only used by `import`");
+                let d = Diagnostic::error("circ::type::string", span, "a string cannot be used as a value")
+                    .help("strings are only used by `import`");
                 self.err(d);
                 return None;
             }
-            A::Ref { entity, field } => {
-                return self.reference(entity, field.as_ref(), env, ctx, span)
-            }
+            A::Ref { entity, field } => return self.reference(entity, field.as_ref(), env, ctx, span),
             A::Unary { op, expr } => {
                 let a = self.expr(expr, env, ctx)?;
                 if let ExprKind::Const(c) = a.kind {
@@ -1491,10 +1140,7 @@ impl Resolver<'_> {
                         UnOp::Not => (c == 0.0) as i64 as f64,
                     })
                 } else {
-                    ExprKind::Unary {
-                        op: *op,
-                        arg: Box::new(a),
-                    }
+                    ExprKind::Unary { op: *op, arg: Box::new(a) }
                 }
             }
             A::Binary { op, lhs, rhs } => {
@@ -1503,59 +1149,29 @@ impl Resolver<'_> {
                 let (a, b) = (a?, b?);
                 if let (ExprKind::Const(x), ExprKind::Const(y)) = (&a.kind, &b.kind) {
                     if let Some(v) = const_binop(*op, Value::Float(*x), Value::Float(*y)) {
-                        return Some(Expr {
-                            kind: ExprKind::Const(v.as_f64()),
-                            span,
-                        });
+                        return Some(Expr { kind: ExprKind::Const(v.as_f64()), span });
                     }
                 }
-                ExprKind::Binary {
-                    op: *op,
-                    lhs: Box::new(a),
-                    rhs: Box::new(b),
-                }
+                ExprKind::Binary { op: *op, lhs: Box::new(a), rhs: Box::new(b) }
             }
-            A::Call {
-                callee,
-                index,
-                transpose,
-                args,
-            } => return self.call(callee, index.as_deref(), *transpose, args, env, ctx, span),
+            A::Call { callee, index, transpose, args } => return self.call(callee, index.as_deref(), *transpose, args, env, ctx, span),
         };
         Some(Expr { kind, span })
     }
 
-    fn reference(
-        &mut self,
-        entity: &ast::EntityRef,
-        field: Option<&ast::Ident>,
-        env: &Env,
-        ctx: Ctx,
-        span: Span,
-    ) -> Option<Expr> {
+    fn reference(&mut self, entity: &ast::EntityRef, field: Option<&ast::Ident>, env: &Env, ctx: Ctx, span: Span) -> Option<Expr> {
         let name = entity.name.name.as_str();
         let mk = |kind| Some(Expr { kind, span });
         if ctx == Ctx::Const {
-            let d = Diagnostic::error(
-                "circ::type::not_const",
-                span,
-                "expected a compile-time constant",
-            )
-            .label("not a constant");
+            let d = Diagnostic::error("circ::type::not_const", span, "expected a compile-time constant").label("not a constant");
             self.err(d);
             return None;
         }
         // pre./post. in synapse context.
-        if let (Ctx::Synapse(pid), true, None) =
-            (ctx, name == "pre" || name == "post", &entity.index)
-        {
+        if let (Ctx::Synapse(pid), true, None) = (ctx, name == "pre" || name == "post", &entity.index) {
             if !env.contains_key(name) {
                 let role = if name == "pre" { Role::Pre } else { Role::Post };
-                let pop = if role == Role::Pre {
-                    self.paths[pid].pre
-                } else {
-                    self.paths[pid].post
-                };
+                let pop = if role == Role::Pre { self.paths[pid].pre } else { self.paths[pid].post };
                 let var = match field {
                     Some(f) => match self.pops[pop].find_var(&f.name) {
                         Some(v) => v,
@@ -1575,18 +1191,10 @@ impl Resolver<'_> {
                 return mk(ExprKind::Var { pop, var, role });
             }
         }
-        if (name == "pre" || name == "post")
-            && entity.index.is_none()
-            && !env.contains_key(name)
-            && !matches!(ctx, Ctx::Synapse(_))
-        {
-            let d = Diagnostic::error(
-                "circ::name::pre_post_outside_rule",
-                span,
-                format!("`{name}` only has a meaning in a synapse rule"),
-            )
-            .label("not in a plasticity block or rule")
-            .help("neuron equations name populations directly, e.g. `h.r`");
+        if (name == "pre" || name == "post") && entity.index.is_none() && !env.contains_key(name) && !matches!(ctx, Ctx::Synapse(_)) {
+            let d = Diagnostic::error("circ::name::pre_post_outside_rule", span, format!("`{name}` only has a meaning in a synapse rule"))
+                .label("not in a plasticity block or rule")
+                .help("neuron equations name populations directly, e.g. `h.r`");
             self.err(d);
             return None;
         }
@@ -1600,11 +1208,7 @@ impl Resolver<'_> {
             // Own synapse state in a rule: `w`, `v`.
             if let Ctx::Synapse(pid) = ctx {
                 if let Some(v) = self.paths[pid].find_syn(name) {
-                    return mk(ExprKind::Syn {
-                        path: pid,
-                        var: v,
-                        transposed: false,
-                    });
+                    return mk(ExprKind::Syn { path: pid, var: v, transposed: false });
                 }
             }
             if let Some(v) = self.find_param(name) {
@@ -1628,12 +1232,7 @@ impl Resolver<'_> {
                 cands.push("pre".into());
                 cands.push("post".into());
             }
-            let mut d = Diagnostic::error(
-                "circ::name::unknown",
-                entity.name.span,
-                format!("unknown name `{name}`"),
-            )
-            .label("not declared");
+            let mut d = Diagnostic::error("circ::name::unknown", entity.name.span, format!("unknown name `{name}`")).label("not declared");
             d = match suggest(name, cands.iter().map(|s| s.as_str())) {
                 Some(s) => d.help(format!("did you mean `{s}`?")),
                 None => d.help("declare it as a param, signal, population or pathway"),
@@ -1642,12 +1241,7 @@ impl Resolver<'_> {
                 d = d.note(format!(
                     "in a rule of `{}`, bare names are its synapse state ({}), params and signals",
                     self.paths[pid].name,
-                    self.paths[pid]
-                        .syn
-                        .iter()
-                        .map(|s| s.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    self.paths[pid].syn.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
                 ));
             }
             self.err(d);
@@ -1695,21 +1289,13 @@ impl Resolver<'_> {
                     return None;
                 };
                 match self.paths[id].find_syn(&f.name) {
-                    Some(v) => mk(ExprKind::Syn {
-                        path: id,
-                        var: v,
-                        transposed: false,
-                    }),
+                    Some(v) => mk(ExprKind::Syn { path: id, var: v, transposed: false }),
                     None => {
-                        let names: Vec<&str> =
-                            self.paths[id].syn.iter().map(|s| s.name.as_str()).collect();
+                        let names: Vec<&str> = self.paths[id].syn.iter().map(|s| s.name.as_str()).collect();
                         let mut d = Diagnostic::error(
                             "circ::name::unknown_field",
                             f.span,
-                            format!(
-                                "pathway `{}` has no synapse state `{}`",
-                                self.paths[id].name, f.name
-                            ),
+                            format!("pathway `{}` has no synapse state `{}`", self.paths[id].name, f.name),
                         )
                         .label("not declared")
                         .with(self.paths[id].name_span, "pathway declared here");
@@ -1733,22 +1319,14 @@ impl Resolver<'_> {
             Some(Role::Post) => format!("`post` (population `{}`)", p.name),
             _ => format!("population `{}`", p.name),
         };
-        let mut d = Diagnostic::error(
-            "circ::name::unknown_field",
-            f.span,
-            format!("{who} has no variable `{}`", f.name),
-        )
-        .label("not declared")
-        .with(p.name_span, "population declared here");
+        let mut d = Diagnostic::error("circ::name::unknown_field", f.span, format!("{who} has no variable `{}`", f.name))
+            .label("not declared")
+            .with(p.name_span, "population declared here");
         d = if matches!(p.kind, PopKind::Input | PopKind::Target { .. }) {
             d.help(format!(
                 "`{}` is clamped from data and has a single value: write `{}`",
                 p.name,
-                if role == Some(Role::Pre) {
-                    "pre".to_string()
-                } else {
-                    p.name.clone()
-                }
+                if role == Some(Role::Pre) { "pre".to_string() } else { p.name.clone() }
             ))
         } else {
             match suggest(&f.name, names.iter().copied()) {
@@ -1761,18 +1339,14 @@ impl Resolver<'_> {
 
     fn no_output(&mut self, pop: PopId, span: Span) {
         let p = &self.pops[pop];
-        let d = Diagnostic::error(
-            "circ::name::no_output",
-            span,
-            format!("population `{}` has no output variable", p.name),
-        )
-        .label("which variable?")
-        .with(p.name_span, "declared here")
-        .help(format!(
-            "name the variable (`{}.{}`) or mark one `out` in the declaration",
-            p.name,
-            p.vars.first().map(|v| v.name.as_str()).unwrap_or("r")
-        ));
+        let d = Diagnostic::error("circ::name::no_output", span, format!("population `{}` has no output variable", p.name))
+            .label("which variable?")
+            .with(p.name_span, "declared here")
+            .help(format!(
+                "name the variable (`{}.{}`) or mark one `out` in the declaration",
+                p.name,
+                p.vars.first().map(|v| v.name.as_str()).unwrap_or("r")
+            ));
         self.err(d);
     }
 
@@ -1789,21 +1363,12 @@ impl Resolver<'_> {
     ) -> Option<Expr> {
         let name = callee.name.as_str();
         if ctx == Ctx::Const {
-            let d = Diagnostic::error(
-                "circ::type::not_const",
-                span,
-                "expected a compile-time constant",
-            )
-            .label("not a constant");
+            let d = Diagnostic::error("circ::type::not_const", span, "expected a compile-time constant").label("not a constant");
             self.err(d);
             return None;
         }
         // Transmission through a pathway.
-        if self
-            .entities
-            .get(name)
-            .is_some_and(|e| e.kind == EntityKind::Path)
-        {
+        if self.entities.get(name).is_some_and(|e| e.kind == EntityKind::Path) {
             let r = ast::EntityRef {
                 name: callee.clone(),
                 index: index.map(|i| Box::new(i.clone())),
@@ -1814,11 +1379,7 @@ impl Resolver<'_> {
                 let d = Diagnostic::error(
                     "circ::type::arity",
                     span,
-                    format!(
-                        "transmission through `{}` takes one argument, found {}",
-                        self.paths[pid].name,
-                        args.len()
-                    ),
+                    format!("transmission through `{}` takes one argument, found {}", self.paths[pid].name, args.len()),
                 )
                 .label("one argument expected")
                 .help(format!("write `{}(x)`", name));
@@ -1828,40 +1389,22 @@ impl Resolver<'_> {
             // The argument lives on the sending population (pre for `W(x)`, post for `W^T(e)`);
             // `check` verifies that.
             let arg = self.expr(&args[0], env, ctx)?;
-            return Some(Expr {
-                kind: ExprKind::Transmit {
-                    path: pid,
-                    transpose,
-                    arg: Box::new(arg),
-                },
-                span,
-            });
+            return Some(Expr { kind: ExprKind::Transmit { path: pid, transpose, arg: Box::new(arg) }, span });
         }
         if index.is_some() || transpose {
-            let d = Diagnostic::error(
-                "circ::name::unknown",
-                callee.span,
-                format!("`{name}` is not a pathway"),
-            )
-            .label("indexed or transposed call of a non-pathway")
-            .help("only pathways can be indexed and transposed: `W[l]^T(e)`");
+            let d = Diagnostic::error("circ::name::unknown", callee.span, format!("`{name}` is not a pathway"))
+                .label("indexed or transposed call of a non-pathway")
+                .help("only pathways can be indexed and transposed: `W[l]^T(e)`");
             self.err(d);
             return None;
         }
         // User functions.
         if let Some(f) = self.fns.get(name).cloned() {
             if self.call_stack.iter().any(|n| n == name) {
-                let d = Diagnostic::error(
-                    "circ::name::recursion",
-                    span,
-                    format!("`{name}` calls itself"),
-                )
-                .label("recursive call")
-                .with(f.name.span, "defined here")
-                .help(format!(
-                    "fns and rules are inlined and cannot recurse (call chain: {} -> {name})",
-                    self.call_stack.join(" -> ")
-                ));
+                let d = Diagnostic::error("circ::name::recursion", span, format!("`{name}` calls itself"))
+                    .label("recursive call")
+                    .with(f.name.span, "defined here")
+                    .help(format!("fns and rules are inlined and cannot recurse (call chain: {} -> {name})", self.call_stack.join(" -> ")));
                 self.err(d);
                 return None;
             }
@@ -1869,22 +1412,11 @@ impl Resolver<'_> {
                 let d = Diagnostic::error(
                     "circ::type::arity",
                     span,
-                    format!(
-                        "`{name}` takes {} argument(s), found {}",
-                        f.params.len(),
-                        args.len()
-                    ),
+                    format!("`{name}` takes {} argument(s), found {}", f.params.len(), args.len()),
                 )
                 .label("wrong number of arguments")
                 .with(f.name.span, "defined here")
-                .help(format!(
-                    "`{name}({})`",
-                    f.params
-                        .iter()
-                        .map(|p| p.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
+                .help(format!("`{name}({})`", f.params.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")));
                 self.err(d);
                 return None;
             }
@@ -1908,24 +1440,17 @@ impl Resolver<'_> {
         }
         let mut a: Vec<Expr> = resolved.into_iter().map(|x| x.expect("checked")).collect();
         let bad_arity = |s: &mut Self, want: &str| {
-            let d = Diagnostic::error(
-                "circ::type::arity",
-                span,
-                format!("`{name}` takes {want}, found {nargs}"),
-            )
-            .label("wrong number of arguments")
-            .help(format!("see `{name}` in docs/language.md"));
+            let d = Diagnostic::error("circ::type::arity", span, format!("`{name}` takes {want}, found {nargs}"))
+                .label("wrong number of arguments")
+                .help(format!("see `{name}` in docs/language.md"));
             s.err(d);
         };
         let kind = match name {
-            "sum" | "mean" | "max" | "min" | "norm" | "logsumexp" | "row_sum" | "row_mean"
-            | "row_max" | "row_norm" | "col_sum" | "col_mean" | "col_max" | "col_norm" => {
+            "sum" | "mean" | "max" | "min" | "norm" | "logsumexp" | "row_sum" | "row_mean" | "row_max" | "row_norm" | "col_sum"
+            | "col_mean" | "col_max" | "col_norm" => {
                 // `max(a, b)` and `min(a, b)` are elementwise; one argument reduces.
                 if (name == "max" || name == "min") && nargs == 2 {
-                    ExprKind::Call {
-                        func: if name == "max" { Func::Max } else { Func::Min },
-                        args: a,
-                    }
+                    ExprKind::Call { func: if name == "max" { Func::Max } else { Func::Min }, args: a }
                 } else {
                     if nargs != 1 {
                         bad_arity(self, "one argument");
@@ -1946,11 +1471,7 @@ impl Resolver<'_> {
                         "norm" => ReduceOp::Norm,
                         _ => ReduceOp::LogSumExp,
                     };
-                    ExprKind::Reduce {
-                        op,
-                        axis,
-                        arg: Box::new(a.remove(0)),
-                    }
+                    ExprKind::Reduce { op, axis, arg: Box::new(a.remove(0)) }
                 }
             }
             "softmax" => {
@@ -1966,19 +1487,15 @@ impl Resolver<'_> {
                     return None;
                 }
                 match a.remove(0).kind {
-                    ExprKind::Syn {
-                        path,
-                        var,
-                        transposed,
-                    } => ExprKind::Syn {
-                        path,
-                        var,
-                        transposed: !transposed,
-                    },
+                    ExprKind::Syn { path, var, transposed } => ExprKind::Syn { path, var, transposed: !transposed },
                     _ => {
-                        let d = Diagnostic::error("circ::type::transpose", span, "`transpose` takes the synapse state of a pathway, like `transpose(W.w)`")
-                            .label("not synapse state")
-                            .help("to send a signal backwards through a pathway write `W^T(x)`");
+                        let d = Diagnostic::error(
+                            "circ::type::transpose",
+                            span,
+                            "`transpose` takes the synapse state of a pathway, like `transpose(W.w)`",
+                        )
+                        .label("not synapse state")
+                        .help("to send a signal backwards through a pathway write `W^T(x)`");
                         self.err(d);
                         return None;
                     }
@@ -1989,11 +1506,7 @@ impl Resolver<'_> {
                     bad_arity(self, "no arguments");
                     return None;
                 }
-                ExprKind::Rand(if name == "rand" {
-                    RandKind::Uniform
-                } else {
-                    RandKind::Normal
-                })
+                ExprKind::Rand(if name == "rand" { RandKind::Uniform } else { RandKind::Normal })
             }
             "bernoulli" => {
                 if nargs != 1 {
@@ -2001,14 +1514,7 @@ impl Resolver<'_> {
                     return None;
                 }
                 let p = a.remove(0);
-                ExprKind::Binary {
-                    op: BinOp::Lt,
-                    lhs: Box::new(Expr {
-                        kind: ExprKind::Rand(RandKind::Uniform),
-                        span,
-                    }),
-                    rhs: Box::new(p),
-                }
+                ExprKind::Binary { op: BinOp::Lt, lhs: Box::new(Expr { kind: ExprKind::Rand(RandKind::Uniform), span }), rhs: Box::new(p) }
             }
             "cross_entropy" => {
                 if nargs != 2 {
@@ -2017,10 +1523,7 @@ impl Resolver<'_> {
                 }
                 let t = a.pop().expect("two");
                 let l = a.pop().expect("two");
-                ExprKind::CrossEntropy {
-                    logits: Box::new(l),
-                    target: Box::new(t),
-                }
+                ExprKind::CrossEntropy { logits: Box::new(l), target: Box::new(t) }
             }
             "mse" => {
                 if nargs != 2 {
@@ -2029,27 +1532,9 @@ impl Resolver<'_> {
                 }
                 let t = a.pop().expect("two");
                 let l = a.pop().expect("two");
-                let diff = Expr {
-                    kind: ExprKind::Binary {
-                        op: BinOp::Sub,
-                        lhs: Box::new(l),
-                        rhs: Box::new(t),
-                    },
-                    span,
-                };
-                let sq = Expr {
-                    kind: ExprKind::Binary {
-                        op: BinOp::Mul,
-                        lhs: Box::new(diff.clone()),
-                        rhs: Box::new(diff),
-                    },
-                    span,
-                };
-                ExprKind::Reduce {
-                    op: ReduceOp::Mean,
-                    axis: Axis::All,
-                    arg: Box::new(sq),
-                }
+                let diff = Expr { kind: ExprKind::Binary { op: BinOp::Sub, lhs: Box::new(l), rhs: Box::new(t) }, span };
+                let sq = Expr { kind: ExprKind::Binary { op: BinOp::Mul, lhs: Box::new(diff.clone()), rhs: Box::new(diff) }, span };
+                ExprKind::Reduce { op: ReduceOp::Mean, axis: Axis::All, arg: Box::new(sq) }
             }
             "angle" => {
                 if nargs != 2 {
@@ -2065,11 +1550,7 @@ impl Resolver<'_> {
                 if nargs != want {
                     bad_arity(
                         self,
-                        if want == 2 {
-                            "two arguments (loss, pathway state)"
-                        } else {
-                            "one argument (synapse state, e.g. W.w)"
-                        },
+                        if want == 2 { "two arguments (loss, pathway state)" } else { "one argument (synapse state, e.g. W.w)" },
                     );
                     return None;
                 }
@@ -2091,10 +1572,7 @@ impl Resolver<'_> {
                 match name {
                     "symmetry" => ExprKind::Symmetry(path),
                     "spectral_radius" => ExprKind::SpectralRadius(path),
-                    _ => ExprKind::Grad {
-                        loss: Box::new(a.pop().expect("two")),
-                        wrt: path,
-                    },
+                    _ => ExprKind::Grad { loss: Box::new(a.pop().expect("two")), wrt: path },
                 }
             }
             _ => {
@@ -2103,12 +1581,8 @@ impl Resolver<'_> {
                     cands.extend(Func::ALL.iter().map(|f| f.name().to_string()));
                     cands.extend(BUILTIN_CALLS.iter().map(|s| s.to_string()));
                     cands.extend(self.entity_candidates(Some(EntityKind::Path)));
-                    let mut d = Diagnostic::error(
-                        "circ::name::unknown_fn",
-                        callee.span,
-                        format!("unknown function or pathway `{name}`"),
-                    )
-                    .label("not defined");
+                    let mut d = Diagnostic::error("circ::name::unknown_fn", callee.span, format!("unknown function or pathway `{name}`"))
+                        .label("not defined");
                     d = match suggest(name, cands.iter().map(|s| s.as_str())) {
                         Some(s) => d.help(format!("did you mean `{s}`?")),
                         None => d.help("define it with `fn NAME(args) = ...`, or declare a pathway of this name"),
@@ -2118,24 +1592,13 @@ impl Resolver<'_> {
                 };
                 let (lo, hi) = func.arity();
                 if nargs < lo || nargs > hi {
-                    bad_arity(
-                        self,
-                        &if lo == hi {
-                            format!("{lo} argument(s)")
-                        } else {
-                            format!("{lo} to {hi} arguments")
-                        },
-                    );
+                    bad_arity(self, &if lo == hi { format!("{lo} argument(s)") } else { format!("{lo} to {hi} arguments") });
                     return None;
                 }
                 if let Func::Pow = func {
                     let y = a.pop().expect("two");
                     let x = a.pop().expect("two");
-                    ExprKind::Binary {
-                        op: BinOp::Pow,
-                        lhs: Box::new(x),
-                        rhs: Box::new(y),
-                    }
+                    ExprKind::Binary { op: BinOp::Pow, lhs: Box::new(x), rhs: Box::new(y) }
                 } else {
                     ExprKind::Call { func, args: a }
                 }
@@ -2155,13 +1618,9 @@ impl Resolver<'_> {
                 return Some(Target::Signal(i));
             }
             if self.find_param(name).is_some() || env.contains_key(name) {
-                let d = Diagnostic::error(
-                    "circ::check::assign_const",
-                    lv.span,
-                    format!("`{name}` is a constant and cannot be assigned"),
-                )
-                .label("a param or loop index")
-                .help("declare a `signal` for a scalar that changes, or a per-neuron variable");
+                let d = Diagnostic::error("circ::check::assign_const", lv.span, format!("`{name}` is a constant and cannot be assigned"))
+                    .label("a param or loop index")
+                    .help("declare a `signal` for a scalar that changes, or a per-neuron variable");
                 self.err(d);
                 return None;
             }
@@ -2183,10 +1642,7 @@ impl Resolver<'_> {
                 let d = Diagnostic::error(
                     "circ::check::syn_in_phase",
                     lv.span,
-                    format!(
-                        "synapse state of `{}` can only change in a `plasticity` block",
-                        self.paths[id].name
-                    ),
+                    format!("synapse state of `{}` can only change in a `plasticity` block", self.paths[id].name),
                 )
                 .label("assigned in a phase")
                 .help("move this update into `plasticity { ... }`");
@@ -2214,18 +1670,11 @@ impl Resolver<'_> {
                     },
                 };
                 if matches!(self.pops[id].kind, PopKind::Input | PopKind::Target { .. }) {
-                    let what = if matches!(self.pops[id].kind, PopKind::Input) {
-                        "an input"
-                    } else {
-                        "a target"
-                    };
+                    let what = if matches!(self.pops[id].kind, PopKind::Input) { "an input" } else { "a target" };
                     let d = Diagnostic::error(
                         "circ::check::write_clamped",
                         lv.span,
-                        format!(
-                            "`{}` is {what}, clamped from data; it cannot be assigned",
-                            self.pops[id].name
-                        ),
+                        format!("`{}` is {what}, clamped from data; it cannot be assigned", self.pops[id].name),
                     )
                     .label("clamped")
                     .with(self.pops[id].name_span, "declared here")
@@ -2240,14 +1689,10 @@ impl Resolver<'_> {
 
     fn phase(&mut self, ph: &ast::PhaseDecl, env: &Env) {
         if let Some(prev) = self.phases.iter().find(|p| p.name == ph.name.name) {
-            let d = Diagnostic::error(
-                "circ::name::duplicate",
-                ph.name.span,
-                format!("phase `{}` is declared twice", ph.name.name),
-            )
-            .label("second declaration")
-            .with(prev.span, "first declaration")
-            .help("phases need distinct names");
+            let d = Diagnostic::error("circ::name::duplicate", ph.name.span, format!("phase `{}` is declared twice", ph.name.name))
+                .label("second declaration")
+                .with(prev.span, "first declaration")
+                .help("phases need distinct names");
             self.err(d);
             return;
         }
@@ -2255,12 +1700,8 @@ impl Resolver<'_> {
             Some(e) => match self.const_int(e, env, "a repeat count") {
                 Some(n) if (1..=10_000_000).contains(&n) => n as usize,
                 Some(n) => {
-                    let d = Diagnostic::error(
-                        "circ::shape::bad_repeat",
-                        e.span,
-                        format!("repeat count {n} is out of range"),
-                    )
-                    .help("a phase repeats between 1 and 10^7 times per step");
+                    let d = Diagnostic::error("circ::shape::bad_repeat", e.span, format!("repeat count {n} is out of range"))
+                        .help("a phase repeats between 1 and 10^7 times per step");
                     self.err(d);
                     1
                 }
@@ -2270,12 +1711,7 @@ impl Resolver<'_> {
         };
         let mut body = Vec::new();
         self.neuron_stmts(&ph.body, env, &mut body);
-        self.phases.push(Phase {
-            name: ph.name.name.clone(),
-            repeat,
-            body,
-            span: ph.span,
-        });
+        self.phases.push(Phase { name: ph.name.name.clone(), repeat, body, span: ph.span });
     }
 
     fn neuron_stmts(&mut self, stmts: &[ast::Stmt], env: &Env, out: &mut Vec<Stmt>) {
@@ -2285,15 +1721,7 @@ impl Resolver<'_> {
                     let t = self.neuron_target(target, env);
                     let v = self.expr(value, env, Ctx::Neuron);
                     if let (Some(t), Some(v)) = (t, v) {
-                        out.push(Stmt {
-                            kind: StmtKind::Assign {
-                                target: t,
-                                op: *op,
-                                value: v,
-                            },
-                            span: s.span,
-                            via: None,
-                        });
+                        out.push(Stmt { kind: StmtKind::Assign { target: t, op: *op, value: v }, span: s.span, via: None });
                     }
                 }
                 S::Ode { target, value } => {
@@ -2307,15 +1735,7 @@ impl Resolver<'_> {
                         self.err(d);
                     }
                     if let (Some(t), Some(v), Some(dt)) = (t, v, dt) {
-                        out.push(Stmt {
-                            kind: StmtKind::Ode {
-                                target: t,
-                                value: v,
-                                dt: dt.as_f64(),
-                            },
-                            span: s.span,
-                            via: None,
-                        });
+                        out.push(Stmt { kind: StmtKind::Ode { target: t, value: v, dt: dt.as_f64() }, span: s.span, via: None });
                     }
                 }
                 S::When { cond, then, els } => {
@@ -2325,35 +1745,14 @@ impl Resolver<'_> {
                     self.neuron_stmts(then, env, &mut t);
                     self.neuron_stmts(els, env, &mut e);
                     if let Some(c) = c {
-                        out.push(Stmt {
-                            kind: StmtKind::When {
-                                cond: c,
-                                then: t,
-                                els: e,
-                            },
-                            span: s.span,
-                            via: None,
-                        });
+                        out.push(Stmt { kind: StmtKind::When { cond: c, then: t, els: e }, span: s.span, via: None });
                     }
                 }
-                S::For {
-                    var,
-                    reverse,
-                    lo,
-                    hi,
-                    body,
-                } => {
-                    let (Some(lo), Some(hi)) = (
-                        self.const_int(lo, env, "a loop bound"),
-                        self.const_int(hi, env, "a loop bound"),
-                    ) else {
+                S::For { var, reverse, lo, hi, body } => {
+                    let (Some(lo), Some(hi)) = (self.const_int(lo, env, "a loop bound"), self.const_int(hi, env, "a loop bound")) else {
                         continue;
                     };
-                    let range: Vec<i64> = if *reverse {
-                        (lo..=hi).rev().collect()
-                    } else {
-                        (lo..=hi).collect()
-                    };
+                    let range: Vec<i64> = if *reverse { (lo..=hi).rev().collect() } else { (lo..=hi).collect() };
                     if range.len() > 100_000 {
                         continue;
                     }
@@ -2373,13 +1772,9 @@ impl Resolver<'_> {
                     }
                 }
                 S::Apply { .. } => {
-                    let d = Diagnostic::error(
-                        "circ::check::apply_in_phase",
-                        s.span,
-                        "rules can only be applied in a `plasticity` block",
-                    )
-                    .label("in a phase")
-                    .help("move `apply ... to ...` into `plasticity { ... }`");
+                    let d = Diagnostic::error("circ::check::apply_in_phase", s.span, "rules can only be applied in a `plasticity` block")
+                        .label("in a phase")
+                        .help("move `apply ... to ...` into `plasticity { ... }`");
                     self.err(d);
                 }
             }
@@ -2389,38 +1784,25 @@ impl Resolver<'_> {
     fn plasticity_block(&mut self, pl: &ast::PlasticityDecl, env: &Env) {
         let schedule = match &pl.schedule {
             ast::Schedule::EveryStep => Schedule::EveryStep,
-            ast::Schedule::After(name) => {
-                match self.phases.iter().position(|p| p.name == name.name) {
-                    Some(i) => Schedule::After(i),
-                    None => {
-                        let names: Vec<&str> =
-                            self.phases.iter().map(|p| p.name.as_str()).collect();
-                        let mut d = Diagnostic::error(
-                            "circ::name::unknown_phase",
-                            name.span,
-                            format!("unknown phase `{}`", name.name),
-                        )
+            ast::Schedule::After(name) => match self.phases.iter().position(|p| p.name == name.name) {
+                Some(i) => Schedule::After(i),
+                None => {
+                    let names: Vec<&str> = self.phases.iter().map(|p| p.name.as_str()).collect();
+                    let mut d = Diagnostic::error("circ::name::unknown_phase", name.span, format!("unknown phase `{}`", name.name))
                         .label("no phase of this name");
-                        d = match suggest(&name.name, names.iter().copied()) {
-                            Some(s) => d.help(format!("did you mean `{s}`?")),
-                            None => d.help(
-                                "declare the phase before the plasticity block that runs after it",
-                            ),
-                        };
-                        self.err(d);
-                        return;
-                    }
+                    d = match suggest(&name.name, names.iter().copied()) {
+                        Some(s) => d.help(format!("did you mean `{s}`?")),
+                        None => d.help("declare the phase before the plasticity block that runs after it"),
+                    };
+                    self.err(d);
+                    return;
                 }
-            }
+            },
             ast::Schedule::Every(e) => match self.const_int(e, env, "a step interval") {
                 Some(n) if n >= 1 => Schedule::Every(n as u64),
                 Some(n) => {
-                    let d = Diagnostic::error(
-                        "circ::shape::bad_interval",
-                        e.span,
-                        format!("interval {n} must be at least 1"),
-                    )
-                    .help("write `every 1 steps` or leave the schedule out");
+                    let d = Diagnostic::error("circ::shape::bad_interval", e.span, format!("interval {n} must be at least 1"))
+                        .help("write `every 1 steps` or leave the schedule out");
                     self.err(d);
                     return;
                 }
@@ -2434,29 +1816,15 @@ impl Resolver<'_> {
         for (p, s) in stmts {
             match body.iter_mut().find(|b| b.path == p) {
                 Some(b) => b.stmts.push(s),
-                None => body.push(SynBlock {
-                    path: p,
-                    stmts: vec![s],
-                }),
+                None => body.push(SynBlock { path: p, stmts: vec![s] }),
             }
         }
-        self.plasticity.push(Plasticity {
-            schedule,
-            sum,
-            body,
-            span: pl.span,
-        });
+        self.plasticity.push(Plasticity { schedule, sum, body, span: pl.span });
     }
 
     /// Resolves synapse statements. `rule_ctx` is the pathway of an enclosing rule body (where
     /// bare names such as `w` are the target's state).
-    fn syn_stmts(
-        &mut self,
-        stmts: &[ast::Stmt],
-        env: &Env,
-        rule_ctx: Option<(PathId, Span)>,
-        out: &mut Vec<(PathId, Stmt)>,
-    ) {
+    fn syn_stmts(&mut self, stmts: &[ast::Stmt], env: &Env, rule_ctx: Option<(PathId, Span)>, out: &mut Vec<(PathId, Stmt)>) {
         for s in stmts {
             match &s.kind {
                 S::Assign { target, op, value } => {
@@ -2467,11 +1835,7 @@ impl Resolver<'_> {
                         out.push((
                             pid,
                             Stmt {
-                                kind: StmtKind::Assign {
-                                    target: Target::Syn { path: pid, var },
-                                    op: *op,
-                                    value: v,
-                                },
+                                kind: StmtKind::Assign { target: Target::Syn { path: pid, var }, op: *op, value: v },
                                 span: s.span,
                                 via: rule_ctx.map(|r| r.1),
                             },
@@ -2484,24 +1848,16 @@ impl Resolver<'_> {
                     };
                     let dt = self.find_param("dt");
                     if dt.is_none() {
-                        let d = Diagnostic::error(
-                            "circ::check::no_dt",
-                            s.span,
-                            "a differential equation needs a param `dt`",
-                        )
-                        .label("integrated over one step of dt")
-                        .help("declare the step, e.g. `param dt = 0.1`");
+                        let d = Diagnostic::error("circ::check::no_dt", s.span, "a differential equation needs a param `dt`")
+                            .label("integrated over one step of dt")
+                            .help("declare the step, e.g. `param dt = 0.1`");
                         self.err(d);
                     }
                     if let (Some(v), Some(dt)) = (self.expr(value, env, Ctx::Synapse(pid)), dt) {
                         out.push((
                             pid,
                             Stmt {
-                                kind: StmtKind::Ode {
-                                    target: Target::Syn { path: pid, var },
-                                    value: v,
-                                    dt: dt.as_f64(),
-                                },
+                                kind: StmtKind::Ode { target: Target::Syn { path: pid, var }, value: v, dt: dt.as_f64() },
                                 span: s.span,
                                 via: rule_ctx.map(|r| r.1),
                             },
@@ -2530,10 +1886,7 @@ impl Resolver<'_> {
                         let d = Diagnostic::error(
                             "circ::check::when_target",
                             st.span,
-                            format!(
-                                "this `when` updates `{}` and `{}`",
-                                self.paths[pid].name, self.paths[*bad].name
-                            ),
+                            format!("this `when` updates `{}` and `{}`", self.paths[pid].name, self.paths[*bad].name),
                         )
                         .label("a second pathway")
                         .with(s.span, "in this `when`")
@@ -2544,34 +1897,14 @@ impl Resolver<'_> {
                     if let Some(c) = c {
                         let then = inner.into_iter().map(|x| x.1).collect();
                         let els = inner_e.into_iter().map(|x| x.1).collect();
-                        out.push((
-                            pid,
-                            Stmt {
-                                kind: StmtKind::When { cond: c, then, els },
-                                span: s.span,
-                                via: rule_ctx.map(|r| r.1),
-                            },
-                        ));
+                        out.push((pid, Stmt { kind: StmtKind::When { cond: c, then, els }, span: s.span, via: rule_ctx.map(|r| r.1) }));
                     }
                 }
-                S::For {
-                    var,
-                    reverse,
-                    lo,
-                    hi,
-                    body,
-                } => {
-                    let (Some(lo), Some(hi)) = (
-                        self.const_int(lo, env, "a loop bound"),
-                        self.const_int(hi, env, "a loop bound"),
-                    ) else {
+                S::For { var, reverse, lo, hi, body } => {
+                    let (Some(lo), Some(hi)) = (self.const_int(lo, env, "a loop bound"), self.const_int(hi, env, "a loop bound")) else {
                         continue;
                     };
-                    let range: Vec<i64> = if *reverse {
-                        (lo..=hi).rev().collect()
-                    } else {
-                        (lo..=hi).collect()
-                    };
+                    let range: Vec<i64> = if *reverse { (lo..=hi).rev().collect() } else { (lo..=hi).collect() };
                     if range.len() > 100_000 {
                         continue;
                     }
@@ -2595,19 +1928,11 @@ impl Resolver<'_> {
         }
     }
 
-    fn first_syn_target<'a>(
-        &mut self,
-        stmts: impl Iterator<Item = &'a ast::Stmt>,
-        env: &Env,
-    ) -> Option<PathId> {
+    fn first_syn_target<'a>(&mut self, stmts: impl Iterator<Item = &'a ast::Stmt>, env: &Env) -> Option<PathId> {
         for s in stmts {
             match &s.kind {
                 S::Assign { target, .. } | S::Ode { target, .. } => {
-                    if self
-                        .entities
-                        .get(&target.entity.name.name)
-                        .is_some_and(|e| e.kind == EntityKind::Path)
-                    {
+                    if self.entities.get(&target.entity.name.name).is_some_and(|e| e.kind == EntityKind::Path) {
                         let mut quiet = Vec::new();
                         std::mem::swap(&mut quiet, &mut self.diags);
                         let r = self.lookup_path(&target.entity, env);
@@ -2628,40 +1953,24 @@ impl Resolver<'_> {
         None
     }
 
-    fn syn_target(
-        &mut self,
-        lv: &ast::LValue,
-        env: &Env,
-        rule_ctx: Option<(PathId, Span)>,
-    ) -> Option<(PathId, VarId)> {
+    fn syn_target(&mut self, lv: &ast::LValue, env: &Env, rule_ctx: Option<(PathId, Span)>) -> Option<(PathId, VarId)> {
         // In a rule body, a bare name is the target pathway's state.
         if let (Some((pid, _)), None, None) = (rule_ctx, &lv.field, &lv.entity.index) {
             let n = &lv.entity.name.name;
             return match self.paths[pid].find_syn(n) {
                 Some(v) => Some((pid, v)),
                 None => {
-                    let names: Vec<&str> = self.paths[pid]
-                        .syn
-                        .iter()
-                        .map(|s| s.name.as_str())
-                        .collect();
+                    let names: Vec<&str> = self.paths[pid].syn.iter().map(|s| s.name.as_str()).collect();
                     let mut d = Diagnostic::error(
                         "circ::name::unknown_field",
                         lv.span,
-                        format!(
-                            "pathway `{}` has no synapse state `{n}`",
-                            self.paths[pid].name
-                        ),
+                        format!("pathway `{}` has no synapse state `{n}`", self.paths[pid].name),
                     )
                     .label("not declared")
                     .with(self.paths[pid].name_span, "pathway declared here");
                     d = match suggest(n, names.iter().copied()) {
-                        Some(s) => d.help(format!(
-                            "did you mean `{s}`? (or declare it in the rule: `state {n} = 0`)"
-                        )),
-                        None => d.help(format!(
-                            "declare it in the rule with `state {n} = 0`, or on the pathway"
-                        )),
+                        Some(s) => d.help(format!("did you mean `{s}`? (or declare it in the rule: `state {n} = 0`)")),
+                        None => d.help(format!("declare it in the rule with `state {n} = 0`, or on the pathway")),
                     };
                     self.err(d);
                     None
@@ -2679,10 +1988,7 @@ impl Resolver<'_> {
                         let d = Diagnostic::error(
                             "circ::check::syn_field",
                             lv.span,
-                            format!(
-                                "say which synapse state of `{}` changes",
-                                self.paths[pid].name
-                            ),
+                            format!("say which synapse state of `{}` changes", self.paths[pid].name),
                         )
                         .label("missing `.w`")
                         .help(format!("write `{}.w += ...`", name));
@@ -2693,27 +1999,17 @@ impl Resolver<'_> {
                 match self.paths[pid].find_syn(&field.name) {
                     Some(v) => Some((pid, v)),
                     None => {
-                        let names: Vec<&str> = self.paths[pid]
-                            .syn
-                            .iter()
-                            .map(|s| s.name.as_str())
-                            .collect();
+                        let names: Vec<&str> = self.paths[pid].syn.iter().map(|s| s.name.as_str()).collect();
                         let mut d = Diagnostic::error(
                             "circ::name::unknown_field",
                             field.span,
-                            format!(
-                                "pathway `{}` has no synapse state `{}`",
-                                self.paths[pid].name, field.name
-                            ),
+                            format!("pathway `{}` has no synapse state `{}`", self.paths[pid].name, field.name),
                         )
                         .label("not declared")
                         .with(self.paths[pid].name_span, "pathway declared here");
                         d = match suggest(&field.name, names.iter().copied()) {
                             Some(s) => d.help(format!("did you mean `{s}`?")),
-                            None => d.help(format!(
-                                "declare it: `path {} ... {{ {} = 0 }}`",
-                                name, field.name
-                            )),
+                            None => d.help(format!("declare it: `path {} ... {{ {} = 0 }}`", name, field.name)),
                         };
                         self.err(d);
                         None
@@ -2724,10 +2020,7 @@ impl Resolver<'_> {
                 let d = Diagnostic::error(
                     "circ::check::neuron_in_plasticity",
                     lv.span,
-                    format!(
-                        "`{}` is a population: plasticity blocks change synapse state only",
-                        name
-                    ),
+                    format!("`{}` is a population: plasticity blocks change synapse state only", name),
                 )
                 .label("neuron variable assigned in plasticity")
                 .help("compute neuron variables in a `phase`");
@@ -2737,12 +2030,8 @@ impl Resolver<'_> {
             None => {
                 let mut cands = self.entity_candidates(Some(EntityKind::Path));
                 cands.extend(self.signals.iter().map(|s| s.name.clone()));
-                let mut d = Diagnostic::error(
-                    "circ::name::unknown",
-                    lv.entity.name.span,
-                    format!("unknown pathway `{name}`"),
-                )
-                .label("not declared");
+                let mut d = Diagnostic::error("circ::name::unknown", lv.entity.name.span, format!("unknown pathway `{name}`"))
+                    .label("not declared");
                 d = match suggest(name, cands.iter().map(|s| s.as_str())) {
                     Some(s) => d.help(format!("did you mean `{s}`?")),
                     None => d.help("plasticity statements update pathways: `W.w += ...`"),
@@ -2753,23 +2042,11 @@ impl Resolver<'_> {
         }
     }
 
-    fn apply(
-        &mut self,
-        rule: &ast::Ident,
-        args: &[ast::Expr],
-        to: &ast::EntityRef,
-        env: &Env,
-        span: Span,
-        out: &mut Vec<(PathId, Stmt)>,
-    ) {
+    fn apply(&mut self, rule: &ast::Ident, args: &[ast::Expr], to: &ast::EntityRef, env: &Env, span: Span, out: &mut Vec<(PathId, Stmt)>) {
         let Some(rd) = self.rules.get(&rule.name).cloned() else {
             let names: Vec<String> = self.rules.keys().cloned().collect();
-            let mut d = Diagnostic::error(
-                "circ::name::unknown_rule",
-                rule.span,
-                format!("unknown rule `{}`", rule.name),
-            )
-            .label("not defined");
+            let mut d =
+                Diagnostic::error("circ::name::unknown_rule", rule.span, format!("unknown rule `{}`", rule.name)).label("not defined");
             d = match suggest(&rule.name, names.iter().map(|s| s.as_str())) {
                 Some(s) => d.help(format!("did you mean `{s}`?")),
                 None => d.help("define it with `rule NAME(args) { w += ... }`, or `import \"rules.circ\"` for the standard rules"),
@@ -2781,14 +2058,10 @@ impl Resolver<'_> {
             return;
         };
         if self.call_stack.iter().any(|n| *n == rule.name) {
-            let d = Diagnostic::error(
-                "circ::name::recursion",
-                span,
-                format!("rule `{}` applies itself", rule.name),
-            )
-            .label("recursive application")
-            .with(rd.name.span, "defined here")
-            .help("rules are inlined and cannot recurse");
+            let d = Diagnostic::error("circ::name::recursion", span, format!("rule `{}` applies itself", rule.name))
+                .label("recursive application")
+                .with(rd.name.span, "defined here")
+                .help("rules are inlined and cannot recurse");
             self.err(d);
             return;
         }
@@ -2796,50 +2069,28 @@ impl Resolver<'_> {
             let d = Diagnostic::error(
                 "circ::type::arity",
                 span,
-                format!(
-                    "rule `{}` takes {} argument(s), found {}",
-                    rule.name,
-                    rd.params.len(),
-                    args.len()
-                ),
+                format!("rule `{}` takes {} argument(s), found {}", rule.name, rd.params.len(), args.len()),
             )
             .label("wrong number of arguments")
             .with(rd.name.span, "defined here")
-            .help(format!(
-                "`{}({})`",
-                rule.name,
-                rd.params
-                    .iter()
-                    .map(|p| p.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+            .help(format!("`{}({})`", rule.name, rd.params.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")));
             self.err(d);
             return;
         }
+        let n_before = self.paths[pid].syn.len();
         // State the rule needs becomes synapse state of the pathway (once).
         let fan_in = self.pops[self.paths[pid].pre].size as f64;
         let fan_out = self.pops[self.paths[pid].post].size as f64;
         let mut ienv = Env::new();
-        ienv.insert(
-            "fan_in".into(),
-            Binding::Expr(Expr::constant(fan_in, rd.name.span)),
-        );
-        ienv.insert(
-            "fan_out".into(),
-            Binding::Expr(Expr::constant(fan_out, rd.name.span)),
-        );
+        ienv.insert("fan_in".into(), Binding::Expr(Expr::constant(fan_in, rd.name.span)));
+        ienv.insert("fan_out".into(), Binding::Expr(Expr::constant(fan_out, rd.name.span)));
         for st in &rd.state {
             if self.paths[pid].find_syn(&st.name.name).is_none() {
                 let init = match &st.init {
                     Some(e) => self.init_law(e, &ienv).unwrap_or(Init::zeros()),
                     None => Init::zeros(),
                 };
-                self.paths[pid].syn.push(SynVar {
-                    name: st.name.name.clone(),
-                    init,
-                    span: st.name.span,
-                });
+                self.paths[pid].syn.push(SynVar { name: st.name.name.clone(), init, span: st.name.span });
             }
         }
         let mut renv = Env::new();
@@ -2851,7 +2102,6 @@ impl Resolver<'_> {
             }
         }
         let first_new = out.len();
-        let n_before = self.paths[pid].syn.len();
         self.call_stack.push(rule.name.clone());
         self.syn_stmts(&rd.body, &renv, Some((pid, span)), out);
         self.call_stack.pop();
@@ -2865,7 +2115,9 @@ impl Resolver<'_> {
                         hit |= *target == Target::Syn { path: pid, var };
                         value.walk(&mut |e| hit |= matches!(e.kind, ExprKind::Syn { path, var: v, .. } if path == pid && v == var));
                     }
-                    StmtKind::When { cond, .. } => cond.walk(&mut |e| hit |= matches!(e.kind, ExprKind::Syn { path, var: v, .. } if path == pid && v == var)),
+                    StmtKind::When { cond, .. } => {
+                        cond.walk(&mut |e| hit |= matches!(e.kind, ExprKind::Syn { path, var: v, .. } if path == pid && v == var))
+                    }
                 });
                 *p == pid && hit
             })
@@ -2879,28 +2131,16 @@ impl Resolver<'_> {
     // Experiment
 
     fn experiment_block(&mut self, entries: &[(ast::Ident, ast::Expr)], span: Span, env: &Env) {
-        let mut x = Experiment {
-            span,
-            ..Experiment::default()
-        };
+        let mut x = Experiment { span, ..Experiment::default() };
         for (k, v) in entries {
             match k.name.as_str() {
                 "data" => match &v.kind {
-                    A::Ref {
-                        entity,
-                        field: None,
-                    } if entity.index.is_none() => {
-                        x.data = Some((entity.name.name.clone(), v.span))
-                    }
+                    A::Ref { entity, field: None } if entity.index.is_none() => x.data = Some((entity.name.name.clone(), v.span)),
                     A::Str(s) => x.data = Some((s.clone(), v.span)),
                     _ => {
-                        let d = Diagnostic::error(
-                            "circ::experiment::data",
-                            v.span,
-                            "expected a dataset or task name",
-                        )
-                        .label("not a name")
-                        .help("e.g. `data = mnist` or `data = xor`");
+                        let d = Diagnostic::error("circ::experiment::data", v.span, "expected a dataset or task name")
+                            .label("not a name")
+                            .help("e.g. `data = mnist` or `data = xor`");
                         self.err(d);
                     }
                 },
@@ -2909,13 +2149,9 @@ impl Resolver<'_> {
                         continue;
                     };
                     if n < 0 || (n == 0 && k.name != "seed" && k.name != "limit") {
-                        let d = Diagnostic::error(
-                            "circ::experiment::range",
-                            v.span,
-                            format!("`{}` must be positive, found {n}", k.name),
-                        )
-                        .label("out of range")
-                        .help("give a positive integer");
+                        let d = Diagnostic::error("circ::experiment::range", v.span, format!("`{}` must be positive, found {n}", k.name))
+                            .label("out of range")
+                            .help("give a positive integer");
                         self.err(d);
                         continue;
                     }
@@ -2937,37 +2173,31 @@ impl Resolver<'_> {
                         match e.kind {
                             ExprKind::Var { pop, var, .. } => x.readout = Some((pop, var, v.span)),
                             _ => {
-                                let d = Diagnostic::error("circ::experiment::readout", v.span, "the readout must be a neuron variable, like `o.a`").label("not a variable").help("name the output population's variable that holds logits or predictions");
+                                let d = Diagnostic::error(
+                                    "circ::experiment::readout",
+                                    v.span,
+                                    "the readout must be a neuron variable, like `o.a`",
+                                )
+                                .label("not a variable")
+                                .help("name the output population's variable that holds logits or predictions");
                                 self.err(d);
                             }
                         }
                     }
                 }
                 "loss" => match &v.kind {
-                    A::Ref {
-                        entity,
-                        field: None,
-                    } if entity.name.name == "cross_entropy" => x.loss = LossKind::CrossEntropy,
-                    A::Ref {
-                        entity,
-                        field: None,
-                    } if entity.name.name == "mse" => x.loss = LossKind::Mse,
+                    A::Ref { entity, field: None } if entity.name.name == "cross_entropy" => x.loss = LossKind::CrossEntropy,
+                    A::Ref { entity, field: None } if entity.name.name == "mse" => x.loss = LossKind::Mse,
                     _ => {
                         let d = Diagnostic::error("circ::experiment::loss", v.span, "unknown loss")
                             .label("expected `cross_entropy` or `mse`")
-                            .help(
-                                "`loss = cross_entropy` (softmax of the readout) or `loss = mse`",
-                            );
+                            .help("`loss = cross_entropy` (softmax of the readout) or `loss = mse`");
                         self.err(d);
                     }
                 },
                 other => {
-                    let mut d = Diagnostic::error(
-                        "circ::experiment::unknown_key",
-                        k.span,
-                        format!("unknown experiment setting `{other}`"),
-                    )
-                    .label("not a setting");
+                    let mut d = Diagnostic::error("circ::experiment::unknown_key", k.span, format!("unknown experiment setting `{other}`"))
+                        .label("not a setting");
                     d = match suggest(other, EXPERIMENT_KEYS.iter().copied()) {
                         Some(s) => d.help(format!("did you mean `{s}`?")),
                         None => d.help(format!("settings: {}", EXPERIMENT_KEYS.join(", "))),
@@ -3011,12 +2241,8 @@ impl Resolver<'_> {
                         "limit" => x.limit = Some(n),
                         "seed" => x.seed = n as u64,
                         _ => {
-                            let d = Diagnostic::error(
-                                "circ::cli::bad_value",
-                                span,
-                                format!("`--set {}` must be at least 1", o.name),
-                            )
-                            .help("give a positive integer");
+                            let d = Diagnostic::error("circ::cli::bad_value", span, format!("`--set {}` must be at least 1", o.name))
+                                .help("give a positive integer");
                             self.err(d);
                         }
                     }
@@ -3034,11 +2260,7 @@ fn members_text(m: &BTreeMap<i64, usize>) -> String {
         (Some(a), Some(b)) if (b - a + 1) as usize == keys.len() && keys.len() > 2 => {
             format!("{a}..{b}")
         }
-        _ => keys
-            .iter()
-            .map(|k| k.to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
+        _ => keys.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", "),
     }
 }
 

@@ -4,10 +4,8 @@
 //! and for `circ std`. Invariant: this list names every file in `stdlib/` (a test checks).
 
 /// Every standard-library file: (name, text).
-pub const FILES: &[(&str, &str)] = &[
-    ("fa.circ", include_str!("../../stdlib/fa.circ")),
-    ("optim.circ", include_str!("../../stdlib/optim.circ")),
-];
+pub const FILES: &[(&str, &str)] =
+    &[("fa.circ", include_str!("../../stdlib/fa.circ")), ("optim.circ", include_str!("../../stdlib/optim.circ"))];
 
 /// The text of a standard-library file by name.
 pub fn get(name: &str) -> Option<&'static str> {

@@ -24,15 +24,9 @@ pub const MAX_OPERANDS: usize = 4096;
 /// Parses one file. On a syntax error returns the single diagnostic (pest has no recovery).
 pub fn parse(file: FileId, text: &str) -> Result<Program, Diagnostic> {
     prescan(file, text)?;
-    let mut pairs =
-        CircParser::parse(Rule::program, text).map_err(|e| parse_error(file, text, e))?;
-    let program = pairs
-        .next()
-        .expect("pest returns the program rule on success");
-    let mut b = Builder {
-        file,
-        errors: Vec::new(),
-    };
+    let mut pairs = CircParser::parse(Rule::program, text).map_err(|e| parse_error(file, text, e))?;
+    let program = pairs.next().expect("pest returns the program rule on success");
+    let mut b = Builder { file, errors: Vec::new() };
     let prog = b.program(program);
     match b.errors.into_iter().next() {
         Some(e) => Err(e),
@@ -56,11 +50,7 @@ pub fn parse_expr(file: FileId, text: &str) -> Result<Expr, Diagnostic> {
             shift_expr(&mut value, "param __x = ".len() as u32);
             Ok(value)
         }
-        _ => Err(Diagnostic::error(
-            "circ::parse::syntax",
-            Span::new(file, 0, text.len()),
-            "expected an expression",
-        )),
+        _ => Err(Diagnostic::error("circ::parse::syntax", Span::new(file, 0, text.len()), "expected an expression")),
     }
 }
 
@@ -81,12 +71,7 @@ fn shift_expr(e: &mut Expr, by: u32) {
                 f.span.hi -= by.min(f.span.hi);
             }
         }
-        ExprKind::Call {
-            callee,
-            index,
-            args,
-            ..
-        } => {
+        ExprKind::Call { callee, index, args, .. } => {
             callee.span.lo -= by.min(callee.span.lo);
             callee.span.hi -= by.min(callee.span.hi);
             if let Some(i) = index {
@@ -162,11 +147,7 @@ fn parse_error(file: FileId, text: &str, e: pest::error::Error<Rule>) -> Diagnos
         hi
     } else {
         let rest = &text[lo.min(text.len())..];
-        let n = rest
-            .char_indices()
-            .find(|(_, c)| c.is_whitespace())
-            .map(|(i, _)| i)
-            .unwrap_or(rest.len());
+        let n = rest.char_indices().find(|(_, c)| c.is_whitespace()).map(|(i, _)| i).unwrap_or(rest.len());
         lo + n.clamp(if rest.is_empty() { 0 } else { 1 }, 40.min(rest.len()))
     };
     let found = if lo >= text.len() {
@@ -176,39 +157,22 @@ fn parse_error(file: FileId, text: &str, e: pest::error::Error<Rule>) -> Diagnos
         format!("`{tok}`")
     };
     let (expected, unexpected) = match &e.variant {
-        ErrorVariant::ParsingError {
-            positives,
-            negatives,
-        } => (
-            words(positives),
-            if negatives.is_empty() {
-                String::new()
-            } else {
-                words(negatives)
-            },
-        ),
+        ErrorVariant::ParsingError { positives, negatives } => {
+            (words(positives), if negatives.is_empty() { String::new() } else { words(negatives) })
+        }
         ErrorVariant::CustomError { message } => (message.clone(), String::new()),
     };
-    let message = if expected.is_empty() {
-        format!("unexpected {found}")
+    let message = if expected.is_empty() { format!("unexpected {found}") } else { format!("expected {expected}, found {found}") };
+    let mut d = Diagnostic::error("circ::parse::syntax", Span::new(file, lo, hi), message).label(if expected.is_empty() {
+        "unexpected here".to_string()
     } else {
-        format!("expected {expected}, found {found}")
-    };
-    let mut d = Diagnostic::error("circ::parse::syntax", Span::new(file, lo, hi), message).label(
-        if expected.is_empty() {
-            "unexpected here".to_string()
-        } else {
-            format!("expected {expected}")
-        },
-    );
+        format!("expected {expected}")
+    });
     if !unexpected.is_empty() {
         d = d.note(format!("{unexpected} cannot appear here"));
     }
     let help = if lo < text.len() && is_reserved(&text[lo..hi.min(text.len())]) {
-        format!(
-            "`{}` is a reserved word; pick another name",
-            &text[lo..hi.min(text.len())]
-        )
+        format!("`{}` is a reserved word; pick another name", &text[lo..hi.min(text.len())])
     } else {
         "see docs/language.md for the syntax of each construct".to_string()
     };
@@ -285,32 +249,22 @@ fn rule_words(r: &Rule) -> Option<&'static str> {
         | Rule::attr_fixed
         | Rule::attr_mask
         | Rule::attr_weight
-        | Rule::attr_resample => {
-            "a pathway attribute (init, plastic, fixed, mask, weight, resample)"
-        }
+        | Rule::attr_resample => "a pathway attribute (init, plastic, fixed, mask, weight, resample)",
         Rule::syn_block => "a block of synapse state `{ ... }`",
         Rule::syn_decl => "a synapse state name",
         Rule::phase_repeat => "`repeat N`",
-        Rule::schedule | Rule::sched_after | Rule::sched_every => {
-            "a schedule (`after PHASE`, `every N steps`)"
-        }
+        Rule::schedule | Rule::sched_after | Rule::sched_every => "a schedule (`after PHASE`, `every N steps`)",
         Rule::mode => "`mean` or `sum`",
         Rule::rule_state => "`state NAME`",
         Rule::params => "parameter names",
         Rule::exp_entry => "an entry `key = value`",
         Rule::block => "`{`",
-        Rule::stmt
-        | Rule::assign_stmt
-        | Rule::ode_stmt
-        | Rule::when_stmt
-        | Rule::for_stmt
-        | Rule::if_stmt
-        | Rule::apply_stmt => "a statement",
+        Rule::stmt | Rule::assign_stmt | Rule::ode_stmt | Rule::when_stmt | Rule::for_stmt | Rule::if_stmt | Rule::apply_stmt => {
+            "a statement"
+        }
         Rule::lvalue => "a variable to assign",
         Rule::assign_op => "`=`, `+=`, `-=` or `*=`",
-        Rule::expr | Rule::paren | Rule::access | Rule::number | Rule::boolean | Rule::string => {
-            "an expression"
-        }
+        Rule::expr | Rule::paren | Rule::access | Rule::number | Rule::boolean | Rule::string => "an expression",
         Rule::or_op
         | Rule::and_op
         | Rule::eq_op
@@ -456,10 +410,7 @@ impl Builder {
     }
 
     fn ident(&self, p: Pair<Rule>) -> Ident {
-        Ident {
-            name: p.as_str().to_string(),
-            span: self.span(&p),
-        }
+        Ident { name: p.as_str().to_string(), span: self.span(&p) }
     }
 
     fn program(&mut self, p: Pair<Rule>) -> Program {
@@ -495,10 +446,7 @@ impl Builder {
         Some(match rule {
             Rule::import_item => {
                 let s = it.next()?.as_str();
-                Item::Import {
-                    path: s[1..s.len() - 1].to_string(),
-                    span,
-                }
+                Item::Import { path: s[1..s.len() - 1].to_string(), span }
             }
             Rule::param_item => {
                 let name = self.ident(it.next()?);
@@ -510,12 +458,7 @@ impl Builder {
                         _ => value = Some(self.expr(c)),
                     }
                 }
-                Item::Param {
-                    name,
-                    ty,
-                    value: value?,
-                    span,
-                }
+                Item::Param { name, ty, value: value?, span }
             }
             Rule::meta_item => {
                 let name = self.ident(it.next()?);
@@ -533,17 +476,9 @@ impl Builder {
                         _ => init = Some(self.expr(c)),
                     }
                 }
-                Item::Signal {
-                    name: name?,
-                    state,
-                    init,
-                    span,
-                }
+                Item::Signal { name: name?, state, init, span }
             }
-            Rule::input_item => Item::Input {
-                head: self.head(it.next()?),
-                span,
-            },
+            Rule::input_item => Item::Input { head: self.head(it.next()?), span },
             Rule::target_item => {
                 let head = self.head(it.next()?);
                 let root = self.entity_ref(it.next()?);
@@ -552,11 +487,7 @@ impl Builder {
             Rule::pop_item => {
                 let head = self.head(it.next()?);
                 let vars = match it.next() {
-                    Some(b) => b
-                        .into_inner()
-                        .filter(not_kw)
-                        .map(|v| self.var_decl(v))
-                        .collect(),
+                    Some(b) => b.into_inner().filter(not_kw).map(|v| self.var_decl(v)).collect(),
                     None => Vec::new(),
                 };
                 Item::Pop { head, vars, span }
@@ -575,41 +506,21 @@ impl Builder {
                             let a = c.into_inner().filter(not_kw).next()?;
                             let aspan = self.span(&a);
                             attrs.push(match a.as_rule() {
-                                Rule::attr_init => {
-                                    PathAttr::Init(self.expr(a.into_inner().filter(not_kw).next()?))
-                                }
+                                Rule::attr_init => PathAttr::Init(self.expr(a.into_inner().filter(not_kw).next()?)),
                                 Rule::attr_plastic => PathAttr::Plastic(aspan),
                                 Rule::attr_fixed => PathAttr::Fixed(aspan),
-                                Rule::attr_mask => {
-                                    PathAttr::Mask(self.expr(a.into_inner().filter(not_kw).next()?))
-                                }
-                                Rule::attr_weight => PathAttr::Weight(
-                                    self.expr(a.into_inner().filter(not_kw).next()?),
-                                ),
+                                Rule::attr_mask => PathAttr::Mask(self.expr(a.into_inner().filter(not_kw).next()?)),
+                                Rule::attr_weight => PathAttr::Weight(self.expr(a.into_inner().filter(not_kw).next()?)),
                                 _ => PathAttr::Resample(aspan),
                             });
                         }
-                        Rule::syn_block => {
-                            syn = c
-                                .into_inner()
-                                .filter(not_kw)
-                                .map(|d| self.syn_decl(d))
-                                .collect()
-                        }
+                        Rule::syn_block => syn = c.into_inner().filter(not_kw).map(|d| self.syn_decl(d)).collect(),
                         _ => {}
                     }
                 }
                 let post = refs.pop()?;
                 let pre = refs.pop()?;
-                Item::Path(PathDecl {
-                    name,
-                    index,
-                    pre,
-                    post,
-                    attrs,
-                    syn,
-                    span,
-                })
+                Item::Path(PathDecl { name, index, pre, post, attrs, syn, span })
             }
             Rule::phase_item => {
                 let name = self.ident(it.next()?);
@@ -617,18 +528,11 @@ impl Builder {
                 let mut body = Vec::new();
                 for c in it {
                     match c.as_rule() {
-                        Rule::phase_repeat => {
-                            repeat = Some(self.expr(c.into_inner().filter(not_kw).next()?))
-                        }
+                        Rule::phase_repeat => repeat = Some(self.expr(c.into_inner().filter(not_kw).next()?)),
                         _ => body = self.block(c),
                     }
                 }
-                Item::Phase(PhaseDecl {
-                    name,
-                    repeat,
-                    body,
-                    span,
-                })
+                Item::Phase(PhaseDecl { name, repeat, body, span })
             }
             Rule::plasticity_item => {
                 let mut schedule = Schedule::EveryStep;
@@ -639,24 +543,15 @@ impl Builder {
                         Rule::schedule => {
                             let s = c.into_inner().filter(not_kw).next()?;
                             schedule = match s.as_rule() {
-                                Rule::sched_after => Schedule::After(
-                                    self.ident(s.into_inner().filter(not_kw).next()?),
-                                ),
-                                _ => Schedule::Every(
-                                    self.expr(s.into_inner().filter(not_kw).next()?),
-                                ),
+                                Rule::sched_after => Schedule::After(self.ident(s.into_inner().filter(not_kw).next()?)),
+                                _ => Schedule::Every(self.expr(s.into_inner().filter(not_kw).next()?)),
                             };
                         }
                         Rule::mode => mode = Some(self.ident(c)),
                         _ => body = self.block(c),
                     }
                 }
-                Item::Plasticity(PlasticityDecl {
-                    schedule,
-                    mode,
-                    body,
-                    span,
-                })
+                Item::Plasticity(PlasticityDecl { schedule, mode, body, span })
             }
             Rule::rule_item => {
                 let name = self.ident(it.next()?);
@@ -665,13 +560,7 @@ impl Builder {
                 let mut body = Vec::new();
                 for c in it {
                     match c.as_rule() {
-                        Rule::params => {
-                            params = c
-                                .into_inner()
-                                .filter(not_kw)
-                                .map(|i| self.ident(i))
-                                .collect()
-                        }
+                        Rule::params => params = c.into_inner().filter(not_kw).map(|i| self.ident(i)).collect(),
                         Rule::rule_state => state.push(self.syn_decl(c)),
                         _ => {
                             if let Some(s) = self.stmt(c) {
@@ -680,13 +569,7 @@ impl Builder {
                         }
                     }
                 }
-                Item::Rule(RuleDecl {
-                    name,
-                    params,
-                    state,
-                    body,
-                    span,
-                })
+                Item::Rule(RuleDecl { name, params, state, body, span })
             }
             Rule::fn_item => {
                 let name = self.ident(it.next()?);
@@ -694,22 +577,11 @@ impl Builder {
                 let mut body = None;
                 for c in it {
                     match c.as_rule() {
-                        Rule::params => {
-                            params = c
-                                .into_inner()
-                                .filter(not_kw)
-                                .map(|i| self.ident(i))
-                                .collect()
-                        }
+                        Rule::params => params = c.into_inner().filter(not_kw).map(|i| self.ident(i)).collect(),
                         _ => body = Some(self.expr(c)),
                     }
                 }
-                Item::Fn(FnDecl {
-                    name,
-                    params,
-                    body: body?,
-                    span,
-                })
+                Item::Fn(FnDecl { name, params, body: body?, span })
             }
             Rule::monitor_item => {
                 let name = self.ident(it.next()?);
@@ -741,14 +613,7 @@ impl Builder {
                 }
                 let hi = bounds.pop()?;
                 let lo = bounds.pop()?;
-                Item::For {
-                    var,
-                    reverse,
-                    lo,
-                    hi,
-                    items,
-                    span,
-                }
+                Item::For { var, reverse, lo, hi, items, span }
             }
             Rule::if_item => {
                 let cond = self.expr(it.next()?);
@@ -758,12 +623,7 @@ impl Builder {
                     Some(c) if c.as_rule() == Rule::if_item => self.item(c).into_iter().collect(),
                     Some(c) => self.items(c.into_inner().filter(not_kw)),
                 };
-                Item::If {
-                    cond,
-                    then,
-                    els,
-                    span,
-                }
+                Item::If { cond, then, els, span }
             }
             _ => return None,
         })
@@ -775,27 +635,14 @@ impl Builder {
         let first = it.next().map(|b| self.bracket(b));
         let second = it.next().map(|b| self.bracket(b));
         match (first, second) {
-            (Some(index), Some(size)) => EntityHead {
-                name,
-                index: Some(index),
-                size,
-            },
-            (Some(size), None) => EntityHead {
-                name,
-                index: None,
-                size,
-            },
+            (Some(index), Some(size)) => EntityHead { name, index: Some(index), size },
+            (Some(size), None) => EntityHead { name, index: None, size },
             _ => unreachable!("grammar requires a size bracket"),
         }
     }
 
     fn bracket(&mut self, p: Pair<Rule>) -> Expr {
-        self.expr(
-            p.into_inner()
-                .filter(not_kw)
-                .next()
-                .expect("bracket holds an expression"),
-        )
+        self.expr(p.into_inner().filter(not_kw).next().expect("bracket holds an expression"))
     }
 
     fn entity_ref(&mut self, p: Pair<Rule>) -> EntityRef {
@@ -822,13 +669,7 @@ impl Builder {
                 _ => init = Some(self.expr(c)),
             }
         }
-        VarDecl {
-            name: name.expect("var decl has a name"),
-            state,
-            out,
-            init,
-            span,
-        }
+        VarDecl { name: name.expect("var decl has a name"), state, out, init, span }
     }
 
     fn syn_decl(&mut self, p: Pair<Rule>) -> SynDecl {
@@ -842,18 +683,11 @@ impl Builder {
                 _ => init = Some(self.expr(c)),
             }
         }
-        SynDecl {
-            name: name.expect("synapse decl has a name"),
-            init,
-            span,
-        }
+        SynDecl { name: name.expect("synapse decl has a name"), init, span }
     }
 
     fn block(&mut self, p: Pair<Rule>) -> Vec<Stmt> {
-        p.into_inner()
-            .filter(not_kw)
-            .filter_map(|s| self.stmt(s))
-            .collect()
+        p.into_inner().filter(not_kw).filter_map(|s| self.stmt(s)).collect()
     }
 
     fn lvalue(&mut self, p: Pair<Rule>) -> LValue {
@@ -861,11 +695,7 @@ impl Builder {
         let mut it = p.into_inner().filter(not_kw);
         let entity = self.entity_ref(it.next().expect("lvalue has an entity"));
         let field = it.next().map(|f| self.ident(f));
-        LValue {
-            entity,
-            field,
-            span,
-        }
+        LValue { entity, field, span }
     }
 
     fn stmt(&mut self, p: Pair<Rule>) -> Option<Stmt> {
@@ -909,13 +739,7 @@ impl Builder {
                 }
                 let hi = bounds.pop()?;
                 let lo = bounds.pop()?;
-                StmtKind::For {
-                    var,
-                    reverse,
-                    lo,
-                    hi,
-                    body,
-                }
+                StmtKind::For { var, reverse, lo, hi, body }
             }
             Rule::if_stmt => {
                 let cond = self.expr(it.next()?);
@@ -933,21 +757,11 @@ impl Builder {
                 let mut to = None;
                 for c in it {
                     match c.as_rule() {
-                        Rule::args => {
-                            args = c
-                                .into_inner()
-                                .filter(not_kw)
-                                .map(|a| self.expr(a))
-                                .collect()
-                        }
+                        Rule::args => args = c.into_inner().filter(not_kw).map(|a| self.expr(a)).collect(),
                         _ => to = Some(self.entity_ref(c)),
                     }
                 }
-                StmtKind::Apply {
-                    rule,
-                    args,
-                    to: to?,
-                }
+                StmtKind::Apply { rule, args, to: to? }
             }
             _ => return None,
         };
@@ -992,13 +806,9 @@ impl Builder {
                     count += 1;
                     if count == MAX_OPERANDS + 1 {
                         self.errors.push(
-                            Diagnostic::error(
-                                "circ::parse::too_long",
-                                span,
-                                format!("expression with more than {MAX_OPERANDS} operands"),
-                            )
-                            .label("this expression")
-                            .help("split it with intermediate variables"),
+                            Diagnostic::error("circ::parse::too_long", span, format!("expression with more than {MAX_OPERANDS} operands"))
+                                .label("this expression")
+                                .help("split it with intermediate variables"),
                         );
                     }
                     let e = self.primary(c);
@@ -1023,10 +833,7 @@ impl Builder {
         while let Some((o, ospan)) = ops.pop() {
             reduce(&mut operands, o, ospan);
         }
-        operands.pop().unwrap_or(Expr {
-            kind: ExprKind::Bool(false),
-            span,
-        })
+        operands.pop().unwrap_or(Expr { kind: ExprKind::Bool(false), span })
     }
 
     fn primary(&mut self, p: Pair<Rule>) -> Expr {
@@ -1046,28 +853,15 @@ impl Builder {
                         0.0
                     }
                 };
-                Expr {
-                    kind: ExprKind::Number { value, text, int },
-                    span,
-                }
+                Expr { kind: ExprKind::Number { value, text, int }, span }
             }
-            Rule::boolean => Expr {
-                kind: ExprKind::Bool(p.as_str() == "true"),
-                span,
-            },
+            Rule::boolean => Expr { kind: ExprKind::Bool(p.as_str() == "true"), span },
             Rule::string => {
                 let s = p.as_str();
-                Expr {
-                    kind: ExprKind::Str(s[1..s.len() - 1].to_string()),
-                    span,
-                }
+                Expr { kind: ExprKind::Str(s[1..s.len() - 1].to_string()), span }
             }
             Rule::paren => {
-                let inner = p
-                    .into_inner()
-                    .filter(not_kw)
-                    .next()
-                    .expect("paren holds an expression");
+                let inner = p.into_inner().filter(not_kw).next().expect("paren holds an expression");
                 let mut e = self.expr(inner);
                 // Keep the parentheses in the span so diagnostics underline what was written.
                 e.span = span;
@@ -1091,54 +885,22 @@ impl Builder {
                         for c in t.into_inner().filter(not_kw) {
                             match c.as_rule() {
                                 Rule::transpose => transpose = true,
-                                _ => {
-                                    args = c
-                                        .into_inner()
-                                        .filter(not_kw)
-                                        .map(|a| self.expr(a))
-                                        .collect()
-                                }
+                                _ => args = c.into_inner().filter(not_kw).map(|a| self.expr(a)).collect(),
                             }
                         }
-                        Expr {
-                            kind: ExprKind::Call {
-                                callee: name,
-                                index,
-                                transpose,
-                                args,
-                            },
-                            span,
-                        }
+                        Expr { kind: ExprKind::Call { callee: name, index, transpose, args }, span }
                     }
                     other => {
-                        let field = other
-                            .and_then(|f| f.into_inner().filter(not_kw).next())
-                            .map(|i| self.ident(i));
+                        let field = other.and_then(|f| f.into_inner().filter(not_kw).next()).map(|i| self.ident(i));
                         let espan = match &index {
-                            Some(i) => name.span.to(i.span).to(Span {
-                                hi: i.span.hi + 1,
-                                ..i.span
-                            }),
+                            Some(i) => name.span.to(i.span).to(Span { hi: i.span.hi + 1, ..i.span }),
                             None => name.span,
                         };
-                        Expr {
-                            kind: ExprKind::Ref {
-                                entity: EntityRef {
-                                    name,
-                                    index,
-                                    span: espan,
-                                },
-                                field,
-                            },
-                            span,
-                        }
+                        Expr { kind: ExprKind::Ref { entity: EntityRef { name, index, span: espan }, field }, span }
                     }
                 }
             }
-            _ => Expr {
-                kind: ExprKind::Bool(false),
-                span,
-            },
+            _ => Expr { kind: ExprKind::Bool(false), span },
         }
     }
 }
@@ -1165,25 +927,12 @@ fn reduce(operands: &mut Vec<Expr>, op: Op, op_span: Span) {
             let lhs = operands.pop();
             if let (Some(lhs), Some(rhs)) = (lhs, rhs) {
                 let span = lhs.span.to(rhs.span);
-                operands.push(Expr {
-                    kind: ExprKind::Binary {
-                        op,
-                        lhs: Box::new(lhs),
-                        rhs: Box::new(rhs),
-                    },
-                    span,
-                });
+                operands.push(Expr { kind: ExprKind::Binary { op, lhs: Box::new(lhs), rhs: Box::new(rhs) }, span });
             }
         }
         Op::Un(op) => {
             if let Some(e) = operands.pop() {
-                operands.push(Expr {
-                    span: op_span.to(e.span),
-                    kind: ExprKind::Unary {
-                        op,
-                        expr: Box::new(e),
-                    },
-                });
+                operands.push(Expr { span: op_span.to(e.span), kind: ExprKind::Unary { op, expr: Box::new(e) } });
             }
         }
     }

@@ -1,0 +1,55 @@
+//! From a checked circuit to something that runs: lowering, the run description the driver
+//! needs, and the choice of engine (JIT or reference interpreter).
+//!
+//! Input: a checked [`Circuit`] and its sources. Output: a [`lir::Program`], a [`RunInfo`],
+//! and a boxed [`Engine`]. Invariant: the JIT and the interpreter run the same program.
+
+use crate::codegen;
+use crate::diag::{Diagnostic, Sources};
+use crate::hir::{Circuit, LossKind};
+use crate::interp::Interp;
+use crate::lir::Program;
+use crate::lower;
+use circ_runtime::driver::{Engine, Loss, RunInfo};
+
+/// Which back end executes the program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    Jit,
+    Interp,
+}
+
+/// Lowers a checked circuit for training with `batch` samples per step.
+pub fn lower(c: &Circuit, batch: usize) -> Result<Program, Vec<Diagnostic>> {
+    lower::lower(c, batch)
+}
+
+/// What the driver needs to know about a program.
+pub fn run_info(p: &Program, sources: &Sources) -> RunInfo {
+    RunInfo {
+        circuit: p.name.clone(),
+        input: p.input,
+        target: p.target,
+        readout: p.readout,
+        monitors: p.monitors.iter().map(|m| (m.name.clone(), m.stat.clone())).collect(),
+        origins: p.origins.iter().map(|o| (o.buf, o.what.clone(), sources.location(o.span))).collect(),
+    }
+}
+
+pub fn loss(c: &Circuit) -> Loss {
+    match c.experiment.loss {
+        LossKind::CrossEntropy => Loss::CrossEntropy,
+        LossKind::Mse => Loss::Mse,
+    }
+}
+
+/// Builds the engine for a program.
+pub fn engine(p: Program, kind: EngineKind) -> Result<Box<dyn Engine>, String> {
+    Ok(match kind {
+        EngineKind::Jit => Box::new(codegen::compile(&p, false)?),
+        EngineKind::Interp => {
+            p.validate().map_err(|e| format!("internal error: invalid LIR: {e}"))?;
+            Box::new(Interp::new(p))
+        }
+    })
+}

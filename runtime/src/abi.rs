@@ -1,0 +1,177 @@
+//! The boundary between compiled code and the runtime: the step context and the
+//! `extern "C"` product kernels the JIT calls.
+//!
+//! Input: raw buffer pointers and shapes from compiled code. Output: writes into the
+//! destination buffer. Invariants: every function here is `extern "C"`, never panics, and
+//! is called only with pointers to live buffers of the stated shapes (the compiler derives the
+//! shapes from checked sizes; the state allocates `max_batch` rows and the driver never passes
+//! a larger `nb`). This module and the JIT's calls into compiled code are the only `unsafe` in
+//! circ.
+
+use gemm::{gemm, Parallelism};
+
+/// What compiled code may read about the current step (passed by pointer to every entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StepCtx {
+    /// The run's seed (for counter-based random draws).
+    pub seed: u64,
+    /// Global training step (batches since the start of the run).
+    pub step: u64,
+    /// Iteration of the innermost repeated phase.
+    pub iter: u64,
+}
+
+macro_rules! products {
+    ($t:ty, $matmul:ident, $outer:ident, $batch_sum:ident) => {
+        /// `y[nb, n_out] (+)= x[nb, n_in] · Wᵀ` for `W: [n_out, n_in]` (row-major), or with
+        /// `transpose != 0`, `y[nb, n_in] (+)= x[nb, n_out] · W` (transmission backwards).
+        pub extern "C" fn $matmul(y: *mut $t, x: *const $t, w: *const $t, nb: i64, n_out: i64, n_in: i64, transpose: i64, accumulate: i64) {
+            let (nb, n_out, n_in) = (nb as usize, n_out as usize, n_in as usize);
+            if nb == 0 || n_out == 0 || n_in == 0 {
+                return;
+            }
+            let acc = accumulate != 0;
+            // SAFETY: the caller (compiled code) passes live, non-overlapping buffers with
+            // y: nb × (n_out or n_in), x: nb × (n_in or n_out), w: n_out × n_in, row-major,
+            // as derived from checked shapes; gemm reads/writes exactly those extents.
+            unsafe {
+                if transpose == 0 {
+                    gemm(
+                        nb,
+                        n_out,
+                        n_in,
+                        y,
+                        1,
+                        n_out as isize,
+                        acc,
+                        x,
+                        1,
+                        n_in as isize,
+                        w,
+                        n_in as isize,
+                        1,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                } else {
+                    gemm(
+                        nb,
+                        n_in,
+                        n_out,
+                        y,
+                        1,
+                        n_in as isize,
+                        acc,
+                        x,
+                        1,
+                        n_out as isize,
+                        w,
+                        1,
+                        n_in as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+            }
+        }
+
+        /// `G[rows, cols] (+)= scale · Σ_b P[b, i] Q[b, j]` over `nb` samples (a batched outer
+        /// product; the per-sample updates of a rule averaged or summed over the batch).
+        pub extern "C" fn $outer(g: *mut $t, p: *const $t, q: *const $t, nb: i64, rows: i64, cols: i64, scale: $t, accumulate: i64) {
+            let (nb, rows, cols) = (nb as usize, rows as usize, cols as usize);
+            if rows == 0 || cols == 0 {
+                return;
+            }
+            // SAFETY: g: rows × cols, p: nb × rows, q: nb × cols, live and row-major (see
+            // module invariants). With nb = 0 gemm writes alpha·G, i.e. zero or unchanged.
+            unsafe {
+                gemm(
+                    rows,
+                    cols,
+                    nb,
+                    g,
+                    1,
+                    cols as isize,
+                    accumulate != 0,
+                    p,
+                    rows as isize,
+                    1,
+                    q,
+                    1,
+                    cols as isize,
+                    1.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+        }
+
+        /// `out[0, n] (+)= scale · Σ_b src[b, n]`: a per-neuron value averaged over the batch.
+        pub extern "C" fn $batch_sum(out: *mut $t, src: *const $t, nb: i64, n: i64, scale: $t, accumulate: i64) {
+            let (nb, n) = (nb as usize, n as usize);
+            // SAFETY: out has n elements and src nb × n (module invariants).
+            let (out, src) = unsafe { (std::slice::from_raw_parts_mut(out, n), std::slice::from_raw_parts(src, nb * n)) };
+            if accumulate == 0 {
+                out.iter_mut().for_each(|o| *o = 0.0);
+            }
+            let mut acc = vec![0.0 as $t; n];
+            for b in 0..nb {
+                for (a, s) in acc.iter_mut().zip(&src[b * n..(b + 1) * n]) {
+                    *a += *s;
+                }
+            }
+            for (o, a) in out.iter_mut().zip(acc) {
+                *o += scale * a;
+            }
+        }
+    };
+}
+
+products!(f32, circ_matmul_f32, circ_outer_f32, circ_batch_sum_f32);
+products!(f64, circ_matmul_f64, circ_outer_f64, circ_batch_sum_f64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matmul_forward_and_backward() {
+        // W: 2 × 3
+        let w = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let x = [1.0f32, 0.0, -1.0, 2.0, 1.0, 0.0]; // nb=2, n_in=3
+        let mut y = [0.0f32; 4];
+        circ_matmul_f32(y.as_mut_ptr(), x.as_ptr(), w.as_ptr(), 2, 2, 3, 0, 0);
+        assert_eq!(y, [-2.0, -2.0, 4.0, 13.0]);
+        let e = [1.0f32, 1.0]; // nb=1, n_out=2
+        let mut z = [0.0f32; 3];
+        circ_matmul_f32(z.as_mut_ptr(), e.as_ptr(), w.as_ptr(), 1, 2, 3, 1, 0);
+        assert_eq!(z, [5.0, 7.0, 9.0]);
+        circ_matmul_f32(z.as_mut_ptr(), e.as_ptr(), w.as_ptr(), 1, 2, 3, 1, 1);
+        assert_eq!(z, [10.0, 14.0, 18.0]);
+    }
+
+    #[test]
+    fn outer_averages_over_the_batch() {
+        let p = [1.0f64, 2.0, 3.0, 4.0]; // nb=2, rows=2
+        let q = [1.0f64, 0.0, 0.0, 1.0, 1.0, 1.0]; // nb=2, cols=3
+        let mut g = [9.0f64; 6];
+        circ_outer_f64(g.as_mut_ptr(), p.as_ptr(), q.as_ptr(), 2, 2, 3, 0.5, 0);
+        // G = 0.5 * (p0 q0ᵀ + p1 q1ᵀ)
+        assert_eq!(g, [0.5 * (1.0 + 0.0), 0.5 * (0.0 + 3.0), 0.5 * (0.0 + 3.0), 0.5 * (2.0 + 0.0), 0.5 * (0.0 + 4.0), 0.5 * (0.0 + 4.0)]);
+        let mut s = [1.0f64; 2];
+        circ_batch_sum_f64(s.as_mut_ptr(), p.as_ptr(), 2, 2, 0.5, 0);
+        assert_eq!(s, [2.0, 3.0]);
+    }
+}

@@ -1,0 +1,166 @@
+//! `circ run`: compile a circuit, load its data, train, evaluate, write outputs.
+
+use crate::cli::{overrides, print_diags, EngineArg, RunArgs};
+use circ_compiler::diag::{render, Diagnostic};
+use circ_compiler::frontend;
+use circ_compiler::pipeline::{self, EngineKind};
+use circ_runtime::driver::{self, RunConfig};
+use circ_runtime::state::{bytes_needed, State};
+use circ_runtime::{catalog, metrics, resources};
+use std::time::Instant;
+
+/// Prints a runtime error (a miette diagnostic without source) and returns exit code 1.
+fn fail(e: &dyn miette::Diagnostic) -> i32 {
+    let handler = if crate::cli::color() {
+        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode())
+    } else {
+        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+    };
+    let mut out = String::new();
+    let _ = handler.render_report(&mut out, e);
+    eprint!("{out}");
+    1
+}
+
+pub fn run(a: RunArgs) -> i32 {
+    let mut ov = match overrides(&a.set) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    if a.no_shuffle {
+        ov.push(circ_compiler::resolve::Override { name: "shuffle".into(), value: circ_compiler::hir::Value::Int(0) });
+    }
+    let t0 = Instant::now();
+    let fe = match frontend::load_file(&a.file, &ov) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    print_diags(&fe.diags, &fe.sources);
+    let Some(c) = fe.ok() else { return 1 };
+    let x = &c.experiment;
+    let epochs = a.epochs.unwrap_or(x.epochs);
+    let batch = a.batch.unwrap_or(x.batch).max(1);
+    let seed = a.seed.unwrap_or(x.seed);
+    let eval_batch = x.eval_batch.max(1);
+    let Some((data_name, data_span)) = x.data.clone() else {
+        let d = Diagnostic::error("circ::experiment::no_data", x.span, "the experiment names no data")
+            .label("no `data = ...`")
+            .help(format!("add `data = NAME`; datasets: {}", catalog::names().join(", ")));
+        eprint!("{}", render(&[d], &fe.sources, crate::cli::color()));
+        return 1;
+    };
+    let program = match pipeline::lower(c, batch) {
+        Ok(p) => p,
+        Err(d) => {
+            print_diags(&d, &fe.sources);
+            return 1;
+        }
+    };
+    let info = pipeline::run_info(&program, &fe.sources);
+    let precision = program.precision;
+    let specs = program.buffers.clone();
+    let max_batch = batch.max(eval_batch);
+    let max = match a.max_memory.as_deref().map(resources::parse_size).transpose() {
+        Ok(m) => m,
+        Err(e) => return fail(&e),
+    };
+    if let Err(e) = resources::check(bytes_needed(&specs, max_batch, precision), max) {
+        return fail(&e);
+    }
+    let kind = match a.engine {
+        EngineArg::Jit => EngineKind::Jit,
+        EngineArg::Interp => EngineKind::Interp,
+    };
+    let mut engine = match pipeline::engine(program, kind) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let data = match catalog::load(&data_name, a.data_dir.as_deref(), seed) {
+        Ok(d) => d,
+        Err(e @ catalog::CatalogError::Unknown { .. }) => {
+            let d = Diagnostic::error("circ::data::unknown", data_span, e.to_string())
+                .label("unknown dataset")
+                .help(format!("datasets: {}", catalog::names().join(", ")));
+            eprint!("{}", render(&[d], &fe.sources, crate::cli::color()));
+            return 1;
+        }
+        Err(e) => return fail(&e),
+    };
+    let mut state = State::new(&specs, max_batch, precision, seed);
+    let cfg = RunConfig {
+        epochs,
+        batch,
+        eval_batch,
+        seed,
+        shuffle: x.shuffle,
+        limit: a.limit.or(x.limit),
+        loss: pipeline::loss(c),
+        out: a.out.clone(),
+        monitor_every: a.monitor_every.unwrap_or(0),
+        check_every: 100,
+        quiet: a.json,
+        resume: a.resume.clone(),
+        max_steps: a.max_steps,
+    };
+    let cfg =
+        RunConfig { monitor_every: if cfg.monitor_every == 0 { default_monitor_every(&data, &cfg) } else { cfg.monitor_every }, ..cfg };
+    if !a.json {
+        eprintln!(
+            "{}: compiled in {compile_ms:.1} ms; {} on {} ({} train / {} test), batch {batch}, {epochs} epoch(s), seed {seed}",
+            c.name,
+            if kind == EngineKind::Jit { "JIT" } else { "interpreter" },
+            data.name,
+            cfg.limit.map(|l| l.min(data.train.n)).unwrap_or(data.train.n),
+            data.test.n
+        );
+    }
+    let out = match driver::train(engine.as_mut(), &mut state, &info, &data, &cfg) {
+        Ok(o) => o,
+        Err(e) => return fail(&e),
+    };
+    let mut fields: Vec<(&str, serde_json::Value)> = vec![
+        ("circuit", c.name.clone().into()),
+        ("test_acc", out.test_acc.into()),
+        ("test_loss", out.test_loss.into()),
+        ("train_acc", out.train_acc.into()),
+        ("train_loss", out.train_loss.into()),
+        ("train_seconds", out.train_seconds.into()),
+        ("compile_ms", compile_ms.into()),
+        ("steps", out.steps.into()),
+        ("epochs", out.epochs_done.into()),
+        ("seed", seed.into()),
+        ("batch", batch.into()),
+    ];
+    for (n, v) in &out.monitors {
+        fields.push((n.as_str(), (*v).into()));
+    }
+    if a.json {
+        println!("{}", metrics::final_json_line(&fields));
+    } else {
+        let mons: String = out.monitors.iter().map(|(n, v)| format!(", {n} {v:.3}")).collect();
+        println!(
+            "{}: test accuracy {:.4}, test loss {:.4} after {} steps ({:.2} s training){mons}",
+            c.name, out.test_acc, out.test_loss, out.steps, out.train_seconds
+        );
+        if let Some(d) = &a.out {
+            println!("outputs in {}", d.display());
+        }
+    }
+    0
+}
+
+/// About 20 monitor records per epoch.
+fn default_monitor_every(data: &circ_runtime::data::Dataset, cfg: &RunConfig) -> usize {
+    let n = cfg.limit.map(|l| l.min(data.train.n)).unwrap_or(data.train.n);
+    (n.div_ceil(cfg.batch.max(1)) / 20).max(1)
+}

@@ -105,7 +105,7 @@ pub fn run(a: RunArgs) -> i32 {
         shuffle: x.shuffle,
         limit: a.limit.or(x.limit),
         loss: pipeline::loss(c),
-        out: a.out.clone(),
+        out: Some(a.out.clone().unwrap_or_else(|| std::path::PathBuf::from("runs").join(&c.name))),
         monitor_every: a.monitor_every.unwrap_or(0),
         check_every: 100,
         quiet: a.json,
@@ -124,7 +124,8 @@ pub fn run(a: RunArgs) -> i32 {
             data.test.n
         );
     }
-    let out = match driver::train(engine.as_mut(), &mut state, &info, &data, &cfg) {
+    let outcome = driver::train(engine.as_mut(), &mut state, &info, &data, &cfg);
+    let out = match outcome {
         Ok(o) => o,
         Err(e) => return fail(&e),
     };
@@ -152,8 +153,8 @@ pub fn run(a: RunArgs) -> i32 {
             "{}: test accuracy {:.4}, test loss {:.4} after {} steps ({:.2} s training){mons}",
             c.name, out.test_acc, out.test_loss, out.steps, out.train_seconds
         );
-        if let Some(d) = &a.out {
-            println!("outputs in {}", d.display());
+        if let Some(d) = &cfg.out {
+            println!("metrics, plots and checkpoint in {}", d.display());
         }
     }
     0

@@ -26,7 +26,19 @@ macro_rules! products {
     ($t:ty, $matmul:ident, $outer:ident, $batch_sum:ident) => {
         /// `y[nb, n_out] (+)= x[nb, n_in] · Wᵀ` for `W: [n_out, n_in]` (row-major), or with
         /// `transpose != 0`, `y[nb, n_in] (+)= x[nb, n_out] · W` (transmission backwards).
-        pub extern "C" fn $matmul(y: *mut $t, x: *const $t, w: *const $t, nb: i64, n_out: i64, n_in: i64, transpose: i64, accumulate: i64) {
+        ///
+        /// # Safety
+        /// The pointers must address live, row-major buffers of the shapes above.
+        pub unsafe extern "C" fn $matmul(
+            y: *mut $t,
+            x: *const $t,
+            w: *const $t,
+            nb: i64,
+            n_out: i64,
+            n_in: i64,
+            transpose: i64,
+            accumulate: i64,
+        ) {
             let (nb, n_out, n_in) = (nb as usize, n_out as usize, n_in as usize);
             if nb == 0 || n_out == 0 || n_in == 0 {
                 return;
@@ -86,7 +98,10 @@ macro_rules! products {
 
         /// `G[rows, cols] (+)= scale · Σ_b P[b, i] Q[b, j]` over `nb` samples (a batched outer
         /// product; the per-sample updates of a rule averaged or summed over the batch).
-        pub extern "C" fn $outer(g: *mut $t, p: *const $t, q: *const $t, nb: i64, rows: i64, cols: i64, scale: $t, accumulate: i64) {
+        ///
+        /// # Safety
+        /// The pointers must address live, row-major buffers of the shapes above.
+        pub unsafe extern "C" fn $outer(g: *mut $t, p: *const $t, q: *const $t, nb: i64, rows: i64, cols: i64, scale: $t, accumulate: i64) {
             let (nb, rows, cols) = (nb as usize, rows as usize, cols as usize);
             if rows == 0 || cols == 0 {
                 return;
@@ -119,7 +134,10 @@ macro_rules! products {
         }
 
         /// `out[0, n] (+)= scale · Σ_b src[b, n]`: a per-neuron value averaged over the batch.
-        pub extern "C" fn $batch_sum(out: *mut $t, src: *const $t, nb: i64, n: i64, scale: $t, accumulate: i64) {
+        ///
+        /// # Safety
+        /// `out` must address `n` elements and `src` `nb × n`, both live.
+        pub unsafe extern "C" fn $batch_sum(out: *mut $t, src: *const $t, nb: i64, n: i64, scale: $t, accumulate: i64) {
             let (nb, n) = (nb as usize, n as usize);
             // SAFETY: out has n elements and src nb × n (module invariants).
             let (out, src) = unsafe { (std::slice::from_raw_parts_mut(out, n), std::slice::from_raw_parts(src, nb * n)) };
@@ -152,13 +170,22 @@ mod tests {
         let w = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
         let x = [1.0f32, 0.0, -1.0, 2.0, 1.0, 0.0]; // nb=2, n_in=3
         let mut y = [0.0f32; 4];
-        circ_matmul_f32(y.as_mut_ptr(), x.as_ptr(), w.as_ptr(), 2, 2, 3, 0, 0);
+        // SAFETY: the arrays above have exactly the shapes passed.
+        unsafe {
+            circ_matmul_f32(y.as_mut_ptr(), x.as_ptr(), w.as_ptr(), 2, 2, 3, 0, 0);
+        }
         assert_eq!(y, [-2.0, -2.0, 4.0, 13.0]);
         let e = [1.0f32, 1.0]; // nb=1, n_out=2
         let mut z = [0.0f32; 3];
-        circ_matmul_f32(z.as_mut_ptr(), e.as_ptr(), w.as_ptr(), 1, 2, 3, 1, 0);
+        // SAFETY: the arrays above have exactly the shapes passed.
+        unsafe {
+            circ_matmul_f32(z.as_mut_ptr(), e.as_ptr(), w.as_ptr(), 1, 2, 3, 1, 0);
+        }
         assert_eq!(z, [5.0, 7.0, 9.0]);
-        circ_matmul_f32(z.as_mut_ptr(), e.as_ptr(), w.as_ptr(), 1, 2, 3, 1, 1);
+        // SAFETY: the arrays above have exactly the shapes passed.
+        unsafe {
+            circ_matmul_f32(z.as_mut_ptr(), e.as_ptr(), w.as_ptr(), 1, 2, 3, 1, 1);
+        }
         assert_eq!(z, [10.0, 14.0, 18.0]);
     }
 
@@ -167,11 +194,18 @@ mod tests {
         let p = [1.0f64, 2.0, 3.0, 4.0]; // nb=2, rows=2
         let q = [1.0f64, 0.0, 0.0, 1.0, 1.0, 1.0]; // nb=2, cols=3
         let mut g = [9.0f64; 6];
-        circ_outer_f64(g.as_mut_ptr(), p.as_ptr(), q.as_ptr(), 2, 2, 3, 0.5, 0);
+        // SAFETY: the arrays above have exactly the shapes passed.
+        unsafe {
+            circ_outer_f64(g.as_mut_ptr(), p.as_ptr(), q.as_ptr(), 2, 2, 3, 0.5, 0);
+        }
         // G = 0.5 * (p0 q0ᵀ + p1 q1ᵀ)
-        assert_eq!(g, [0.5 * (1.0 + 0.0), 0.5 * (0.0 + 3.0), 0.5 * (0.0 + 3.0), 0.5 * (2.0 + 0.0), 0.5 * (0.0 + 4.0), 0.5 * (0.0 + 4.0)]);
+        // G[i][j] = 0.5 * (p[0][i] q[0][j] + p[1][i] q[1][j])
+        assert_eq!(g, [0.5 * (1.0 + 3.0), 0.5 * (0.0 + 3.0), 0.5 * (0.0 + 3.0), 0.5 * (2.0 + 4.0), 0.5 * (0.0 + 4.0), 0.5 * (0.0 + 4.0)]);
         let mut s = [1.0f64; 2];
-        circ_batch_sum_f64(s.as_mut_ptr(), p.as_ptr(), 2, 2, 0.5, 0);
+        // SAFETY: the arrays above have exactly the shapes passed.
+        unsafe {
+            circ_batch_sum_f64(s.as_mut_ptr(), p.as_ptr(), 2, 2, 0.5, 0);
+        }
         assert_eq!(s, [2.0, 3.0]);
     }
 }

@@ -1,3 +1,11 @@
+pub mod abi;
+pub mod catalog;
+pub mod driver;
+pub mod math;
+pub mod resources;
+pub mod state;
+pub mod stats;
+
 // -- io modules (helper) --
 pub mod atomic;
 pub mod data;

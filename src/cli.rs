@@ -19,6 +19,13 @@ struct Cli {
 enum Cmd {
     /// Train and evaluate a circuit as its experiment block says.
     Run(RunArgs),
+    /// Download a dataset: `circ data fetch mnist --to DIR`.
+    Data {
+        #[command(subcommand)]
+        cmd: DataCmd,
+    },
+    /// List the standard library, or print one of its files.
+    Std { name: Option<String> },
     /// Print a compilation stage: ast, hir, lir, clif or asm.
     Ir {
         file: PathBuf,
@@ -59,6 +66,69 @@ pub fn main() -> i32 {
         Cmd::Check { files, report, json, set } => check(&files, report, json, &set),
         Cmd::Run(a) => crate::run::run(a),
         Cmd::Ir { file, stage, set, batch } => ir(&file, &stage, &set, batch),
+        Cmd::Data { cmd: DataCmd::Fetch { dataset, to, mirror } } => fetch(&dataset, &to, mirror.as_deref()),
+        Cmd::Std { name } => std_cmd(name.as_deref()),
+    }
+}
+
+#[derive(Subcommand)]
+enum DataCmd {
+    /// Download MNIST or Fashion-MNIST (four IDX files, checked by md5).
+    Fetch {
+        /// `mnist` or `fashion_mnist`.
+        dataset: String,
+        /// Destination directory.
+        #[arg(long)]
+        to: PathBuf,
+        /// Base URL of another mirror holding the four .gz files.
+        #[arg(long)]
+        mirror: Option<String>,
+    },
+}
+
+fn fetch(dataset: &str, to: &std::path::Path, mirror: Option<&str>) -> i32 {
+    let fashion = match dataset {
+        "mnist" => false,
+        "fashion_mnist" | "fashion-mnist" => true,
+        other => {
+            eprintln!("error: unknown dataset `{other}`; `circ data fetch` knows mnist and fashion_mnist");
+            return 2;
+        }
+    };
+    let mut log = |m: &str| eprintln!("{m}");
+    match circ_runtime::fetch::fetch_mnist_with(to, mirror, fashion, &mut log) {
+        Ok(()) => {
+            eprintln!("{dataset} is in {}; use it with --data-dir {} or CIRC_MNIST_DIR", to.display(), to.display());
+            0
+        }
+        Err(e) => {
+            let mut out = String::new();
+            let _ = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor()).render_report(&mut out, &e);
+            eprint!("{out}");
+            1
+        }
+    }
+}
+
+fn std_cmd(name: Option<&str>) -> i32 {
+    match name {
+        None => {
+            for (n, text) in circ_compiler::stdlib::FILES {
+                let first = text.lines().find(|l| l.starts_with("//")).unwrap_or("").trim_start_matches('/').trim();
+                println!("{n:24} {first}");
+            }
+            0
+        }
+        Some(n) => match circ_compiler::stdlib::get(n).or_else(|| circ_compiler::stdlib::get(&format!("{n}.circ"))) {
+            Some(t) => {
+                print!("{t}");
+                0
+            }
+            None => {
+                eprintln!("error: no standard library file `{n}`; `circ std` lists them");
+                1
+            }
+        },
     }
 }
 

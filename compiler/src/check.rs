@@ -56,13 +56,7 @@ fn join(c: &Circuit, a: Space, b: Space, ctx: Ctx) -> Result<Space, (Idx, Idx)> 
     let idx = match (a.idx, b.idx) {
         (Idx::Scalar, x) | (x, Idx::Scalar) => x,
         (x, y) if x == y => x,
-        (Idx::Neuron(p), Idx::Neuron(q)) => {
-            if c.pops[p].size == c.pops[q].size {
-                Idx::Neuron(p)
-            } else {
-                return Err((a.idx, b.idx));
-            }
-        }
+        (Idx::Neuron(p), Idx::Neuron(q)) if c.pops[p].size == c.pops[q].size => Idx::Neuron(p),
         (Idx::Pre, Idx::Post)
         | (Idx::Post, Idx::Pre)
         | (Idx::Syn, Idx::Pre)

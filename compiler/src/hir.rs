@@ -738,7 +738,7 @@ impl fmt::Display for Circuit {
             for st in &ph.body {
                 self.stmt_text(st, 1, &mut s);
             }
-            write!(f, "{s}}}\n")?;
+            writeln!(f, "{s}}}")?;
         }
         for pl in &self.plasticity {
             let sched = match pl.schedule {
@@ -753,7 +753,7 @@ impl fmt::Display for Circuit {
                     self.stmt_text(st, 1, &mut s);
                 }
             }
-            write!(f, "{s}}}\n")?;
+            writeln!(f, "{s}}}")?;
         }
         for m in &self.monitors {
             writeln!(f, "monitor {} = {}", m.name, self.expr_text(&m.expr))?;

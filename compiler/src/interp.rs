@@ -161,7 +161,7 @@ fn kernel<T: Elem>(p: &Program, k: &Kernel, bufs: &mut [Vec<T>], nb: usize, ctx:
             ctx.iter = saved;
         }
         Kernel::Every { every, body } => {
-            if (ctx.step + 1) % every == 0 {
+            if (ctx.step + 1).is_multiple_of(*every) {
                 for k in body {
                     kernel(p, k, bufs, nb, ctx);
                 }

@@ -1138,10 +1138,10 @@ fn fold(e: Expr) -> Expr {
                     Expr::constant(v, span)
                 }
                 (BinOp::Mul, Some(z), _) | (BinOp::Mul, _, Some(z)) if z == 0.0 => Expr::constant(0.0, span),
-                (BinOp::Add, Some(z), _) if z == 0.0 => r,
-                (BinOp::Add | BinOp::Sub, _, Some(z)) if z == 0.0 => l,
-                (BinOp::Mul, Some(o), _) if o == 1.0 => r,
-                (BinOp::Mul | BinOp::Div, _, Some(o)) if o == 1.0 => l,
+                (BinOp::Add, Some(0.0), _) => r,
+                (BinOp::Add | BinOp::Sub, _, Some(0.0)) => l,
+                (BinOp::Mul, Some(1.0), _) => r,
+                (BinOp::Mul | BinOp::Div, _, Some(1.0)) => l,
                 _ => Expr { kind: ExprKind::Binary { op, lhs: Box::new(l), rhs: Box::new(r) }, span },
             }
         }

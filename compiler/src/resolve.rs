@@ -1931,15 +1931,15 @@ impl Resolver<'_> {
     fn first_syn_target<'a>(&mut self, stmts: impl Iterator<Item = &'a ast::Stmt>, env: &Env) -> Option<PathId> {
         for s in stmts {
             match &s.kind {
-                S::Assign { target, .. } | S::Ode { target, .. } => {
-                    if self.entities.get(&target.entity.name.name).is_some_and(|e| e.kind == EntityKind::Path) {
-                        let mut quiet = Vec::new();
-                        std::mem::swap(&mut quiet, &mut self.diags);
-                        let r = self.lookup_path(&target.entity, env);
-                        std::mem::swap(&mut quiet, &mut self.diags);
-                        if r.is_some() {
-                            return r;
-                        }
+                S::Assign { target, .. } | S::Ode { target, .. }
+                    if self.entities.get(&target.entity.name.name).is_some_and(|e| e.kind == EntityKind::Path) =>
+                {
+                    let mut quiet = Vec::new();
+                    std::mem::swap(&mut quiet, &mut self.diags);
+                    let r = self.lookup_path(&target.entity, env);
+                    std::mem::swap(&mut quiet, &mut self.diags);
+                    if r.is_some() {
+                        return r;
                     }
                 }
                 S::When { then, .. } => {
@@ -2057,7 +2057,7 @@ impl Resolver<'_> {
         let Some(pid) = self.lookup_path(to, env) else {
             return;
         };
-        if self.call_stack.iter().any(|n| *n == rule.name) {
+        if self.call_stack.contains(&rule.name) {
             let d = Diagnostic::error("circ::name::recursion", span, format!("rule `{}` applies itself", rule.name))
                 .label("recursive application")
                 .with(rd.name.span, "defined here")

@@ -503,14 +503,14 @@ impl Builder {
                         Rule::bracket => index = Some(self.bracket(c)),
                         Rule::entity_ref => refs.push(self.entity_ref(c)),
                         Rule::path_attr => {
-                            let a = c.into_inner().filter(not_kw).next()?;
+                            let a = c.into_inner().find(not_kw)?;
                             let aspan = self.span(&a);
                             attrs.push(match a.as_rule() {
-                                Rule::attr_init => PathAttr::Init(self.expr(a.into_inner().filter(not_kw).next()?)),
+                                Rule::attr_init => PathAttr::Init(self.expr(a.into_inner().find(not_kw)?)),
                                 Rule::attr_plastic => PathAttr::Plastic(aspan),
                                 Rule::attr_fixed => PathAttr::Fixed(aspan),
-                                Rule::attr_mask => PathAttr::Mask(self.expr(a.into_inner().filter(not_kw).next()?)),
-                                Rule::attr_weight => PathAttr::Weight(self.expr(a.into_inner().filter(not_kw).next()?)),
+                                Rule::attr_mask => PathAttr::Mask(self.expr(a.into_inner().find(not_kw)?)),
+                                Rule::attr_weight => PathAttr::Weight(self.expr(a.into_inner().find(not_kw)?)),
                                 _ => PathAttr::Resample(aspan),
                             });
                         }
@@ -528,7 +528,7 @@ impl Builder {
                 let mut body = Vec::new();
                 for c in it {
                     match c.as_rule() {
-                        Rule::phase_repeat => repeat = Some(self.expr(c.into_inner().filter(not_kw).next()?)),
+                        Rule::phase_repeat => repeat = Some(self.expr(c.into_inner().find(not_kw)?)),
                         _ => body = self.block(c),
                     }
                 }
@@ -541,10 +541,10 @@ impl Builder {
                 for c in it {
                     match c.as_rule() {
                         Rule::schedule => {
-                            let s = c.into_inner().filter(not_kw).next()?;
+                            let s = c.into_inner().find(not_kw)?;
                             schedule = match s.as_rule() {
-                                Rule::sched_after => Schedule::After(self.ident(s.into_inner().filter(not_kw).next()?)),
-                                _ => Schedule::Every(self.expr(s.into_inner().filter(not_kw).next()?)),
+                                Rule::sched_after => Schedule::After(self.ident(s.into_inner().find(not_kw)?)),
+                                _ => Schedule::Every(self.expr(s.into_inner().find(not_kw)?)),
                             };
                         }
                         Rule::mode => mode = Some(self.ident(c)),
@@ -642,7 +642,7 @@ impl Builder {
     }
 
     fn bracket(&mut self, p: Pair<Rule>) -> Expr {
-        self.expr(p.into_inner().filter(not_kw).next().expect("bracket holds an expression"))
+        self.expr(p.into_inner().find(not_kw).expect("bracket holds an expression"))
     }
 
     fn entity_ref(&mut self, p: Pair<Rule>) -> EntityRef {
@@ -661,7 +661,7 @@ impl Builder {
         let mut init = None;
         for c in p.into_inner().filter(not_kw) {
             match c.as_rule() {
-                Rule::var_flag => match c.into_inner().filter(not_kw).next().map(|f| f.as_rule()) {
+                Rule::var_flag => match c.into_inner().find(not_kw).map(|f| f.as_rule()) {
                     Some(Rule::kw_state) => state = true,
                     _ => out = true,
                 },
@@ -861,7 +861,7 @@ impl Builder {
                 Expr { kind: ExprKind::Str(s[1..s.len() - 1].to_string()), span }
             }
             Rule::paren => {
-                let inner = p.into_inner().filter(not_kw).next().expect("paren holds an expression");
+                let inner = p.into_inner().find(not_kw).expect("paren holds an expression");
                 let mut e = self.expr(inner);
                 // Keep the parentheses in the span so diagnostics underline what was written.
                 e.span = span;
@@ -891,7 +891,7 @@ impl Builder {
                         Expr { kind: ExprKind::Call { callee: name, index, transpose, args }, span }
                     }
                     other => {
-                        let field = other.and_then(|f| f.into_inner().filter(not_kw).next()).map(|i| self.ident(i));
+                        let field = other.and_then(|f| f.into_inner().find(not_kw)).map(|i| self.ident(i));
                         let espan = match &index {
                             Some(i) => name.span.to(i.span).to(Span { hi: i.span.hi + 1, ..i.span }),
                             None => name.span,

@@ -85,16 +85,20 @@ pub fn run(a: RunArgs) -> i32 {
         }
     };
     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let data = match catalog::load(&data_name, a.data_dir.as_deref(), seed) {
-        Ok(d) => d,
-        Err(e @ catalog::CatalogError::Unknown { .. }) => {
-            let d = Diagnostic::error("circ::data::unknown", data_span, e.to_string())
-                .label("unknown dataset")
-                .help(format!("datasets: {}", catalog::names().join(", ")));
-            eprint!("{}", render(&[d], &fe.sources, crate::cli::color()));
-            return 1;
+    let data = if data_name == "none" {
+        None
+    } else {
+        match catalog::load(&data_name, a.data_dir.as_deref(), seed) {
+            Ok(d) => Some(d),
+            Err(e @ catalog::CatalogError::Unknown { .. }) => {
+                let d = Diagnostic::error("circ::data::unknown", data_span, e.to_string())
+                    .label("unknown dataset")
+                    .help(format!("datasets: none, {}", catalog::names().join(", ")));
+                eprint!("{}", render(&[d], &fe.sources, crate::cli::color()));
+                return 1;
+            }
+            Err(e) => return fail(&e),
         }
-        Err(e) => return fail(&e),
     };
     let mut state = State::new(&specs, max_batch, precision, seed);
     let cfg = RunConfig {
@@ -106,25 +110,26 @@ pub fn run(a: RunArgs) -> i32 {
         limit: a.limit.or(x.limit),
         loss: pipeline::loss(c),
         out: Some(a.out.clone().unwrap_or_else(|| std::path::PathBuf::from("runs").join(&c.name))),
-        monitor_every: a.monitor_every.unwrap_or(0),
+        monitor_every: a.monitor_every.or(x.monitor_every).unwrap_or(0),
         check_every: 100,
         quiet: a.json,
         resume: a.resume.clone(),
         max_steps: a.max_steps,
+        steps: x.steps.unwrap_or(1),
     };
-    let cfg =
-        RunConfig { monitor_every: if cfg.monitor_every == 0 { default_monitor_every(&data, &cfg) } else { cfg.monitor_every }, ..cfg };
+    let cfg = RunConfig {
+        monitor_every: if cfg.monitor_every == 0 { default_monitor_every(data.as_ref(), &cfg) } else { cfg.monitor_every },
+        ..cfg
+    };
     if !a.json {
-        eprintln!(
-            "{}: compiled in {compile_ms:.1} ms; {} on {} ({} train / {} test), batch {batch}, {epochs} epoch(s), seed {seed}",
-            c.name,
-            if kind == EngineKind::Jit { "JIT" } else { "interpreter" },
-            data.name,
-            cfg.limit.map(|l| l.min(data.train.n)).unwrap_or(data.train.n),
-            data.test.n
-        );
+        let what = match &data {
+            Some(d) => format!("{} ({} train / {} test)", d.name, cfg.limit.map(|l| l.min(d.train.n)).unwrap_or(d.train.n), d.test.n),
+            None => format!("no data ({} steps per epoch)", cfg.steps),
+        };
+        let engine_name = if kind == EngineKind::Jit { "JIT" } else { "interpreter" };
+        eprintln!("{}: compiled in {compile_ms:.1} ms; {engine_name} on {what}, batch {batch}, {epochs} epoch(s), seed {seed}", c.name);
     }
-    let outcome = driver::train(engine.as_mut(), &mut state, &info, &data, &cfg);
+    let outcome = driver::train(engine.as_mut(), &mut state, &info, data.as_ref(), &cfg);
     let out = match outcome {
         Ok(o) => o,
         Err(e) => return fail(&e),
@@ -161,7 +166,10 @@ pub fn run(a: RunArgs) -> i32 {
 }
 
 /// About 20 monitor records per epoch.
-fn default_monitor_every(data: &circ_runtime::data::Dataset, cfg: &RunConfig) -> usize {
-    let n = cfg.limit.map(|l| l.min(data.train.n)).unwrap_or(data.train.n);
-    (n.div_ceil(cfg.batch.max(1)) / 20).max(1)
+fn default_monitor_every(data: Option<&circ_runtime::data::Dataset>, cfg: &RunConfig) -> usize {
+    let steps = match data {
+        Some(d) => cfg.limit.map(|l| l.min(d.train.n)).unwrap_or(d.train.n).div_ceil(cfg.batch.max(1)),
+        None => cfg.steps.max(1),
+    };
+    (steps / 20).max(1)
 }

@@ -20,7 +20,7 @@ fn train(file: &str, sets: &[&str], batch: usize, epochs: usize, limit: Option<u
     let mut state = State::new(&p.buffers, batch.max(1000), p.precision, 0);
     let mut engine = pipeline::engine(p, EngineKind::Jit).unwrap();
     let cfg = RunConfig { epochs, batch, eval_batch: 1000, seed: 0, shuffle, limit, loss: pipeline::loss(c), ..RunConfig::default() };
-    driver::train(engine.as_mut(), &mut state, &info, &data, &cfg).unwrap().test_acc
+    driver::train(engine.as_mut(), &mut state, &info, Some(&data), &cfg).unwrap().test_acc
 }
 
 /// The online workload of the performance issue: one hidden layer of 256 ReLU units, plain

@@ -31,22 +31,74 @@ pub struct CircuitDecl {
 
 #[derive(Clone, Debug)]
 pub enum Item {
-    Import { path: String, span: Span },
-    Param { name: Ident, ty: Option<Ident>, value: Expr, span: Span },
-    Meta { name: Ident, value: Expr, span: Span },
-    Signal { name: Ident, state: bool, init: Option<Expr>, span: Span },
-    Input { head: EntityHead, span: Span },
-    Target { head: EntityHead, root: EntityRef, span: Span },
-    Pop { head: EntityHead, vars: Vec<VarDecl>, span: Span },
+    Import {
+        path: String,
+        span: Span,
+    },
+    Param {
+        name: Ident,
+        ty: Option<Ident>,
+        value: Expr,
+        span: Span,
+    },
+    Meta {
+        name: Ident,
+        value: Expr,
+        span: Span,
+    },
+    Signal {
+        name: Ident,
+        state: bool,
+        init: Option<Expr>,
+        span: Span,
+    },
+    Input {
+        head: EntityHead,
+        span: Span,
+    },
+    Target {
+        head: EntityHead,
+        root: EntityRef,
+        span: Span,
+    },
+    Pop {
+        head: EntityHead,
+        vars: Vec<VarDecl>,
+        span: Span,
+    },
     Path(PathDecl),
     Phase(PhaseDecl),
     Plasticity(PlasticityDecl),
     Rule(RuleDecl),
     Fn(FnDecl),
-    Monitor { name: Ident, expr: Expr, span: Span },
-    Experiment { entries: Vec<(Ident, Expr)>, span: Span },
-    For { var: Ident, reverse: bool, lo: Expr, hi: Expr, items: Vec<Item>, span: Span },
-    If { cond: Expr, then: Vec<Item>, els: Vec<Item>, span: Span },
+    Monitor {
+        name: Ident,
+        expr: Expr,
+        span: Span,
+    },
+    Experiment {
+        entries: Vec<(Ident, Expr)>,
+        span: Span,
+    },
+    For {
+        var: Ident,
+        reverse: bool,
+        lo: Expr,
+        hi: Expr,
+        items: Vec<Item>,
+        span: Span,
+    },
+    If {
+        cond: Expr,
+        then: Vec<Item>,
+        els: Vec<Item>,
+        span: Span,
+    },
+    /// `precision f64`.
+    Precision {
+        value: Ident,
+        span: Span,
+    },
 }
 
 impl Item {
@@ -62,7 +114,8 @@ impl Item {
             | Item::Monitor { span, .. }
             | Item::Experiment { span, .. }
             | Item::For { span, .. }
-            | Item::If { span, .. } => *span,
+            | Item::If { span, .. }
+            | Item::Precision { span, .. } => *span,
             Item::Path(p) => p.span,
             Item::Phase(p) => p.span,
             Item::Plasticity(p) => p.span,

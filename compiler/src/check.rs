@@ -75,7 +75,7 @@ fn join(c: &Circuit, a: Space, b: Space, ctx: Ctx) -> Result<Space, (Idx, Idx)> 
 pub fn space_of(c: &Circuit, e: &Expr, ctx: Ctx) -> Result<Space, Diagnostic> {
     let scalar = |batched| Space { idx: Idx::Scalar, batched };
     Ok(match &e.kind {
-        ExprKind::Const(_) | ExprKind::Meta(_) => Space::SCALAR,
+        ExprKind::Const(_) | ExprKind::Meta(_) | ExprKind::Time { .. } => Space::SCALAR,
         ExprKind::Signal(_) => scalar(true),
         ExprKind::Rand(_) => scalar(true),
         ExprKind::Var { pop, role, .. } => match (ctx, role) {
@@ -365,7 +365,11 @@ impl Checker<'_> {
         }
         // Monitors.
         for m in &c.monitors {
-            if let Err(d) = space_of(c, &m.expr, Ctx::Monitor) {
+            let ctx = match m.expr.first_syn_path() {
+                Some(pid) => Ctx::Synapse(pid),
+                None => Ctx::Monitor,
+            };
+            if let Err(d) = space_of(c, &m.expr, ctx) {
                 self.diags.push(d);
             }
         }

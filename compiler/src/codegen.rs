@@ -574,6 +574,14 @@ impl<'a, 'm> Gen<'a, 'm> {
                 let v = self.inv_nb;
                 self.splat(v, lanes)
             }
+            KExpr::Time(dt) => {
+                // Same arithmetic as the interpreter: float(iter) * dt, in the element type.
+                let it = self.b.use_var(self.iter);
+                let f = self.b.ins().fcvt_from_uint(self.ty, it);
+                let d = self.fconst(*dt);
+                let t = self.b.ins().fmul(f, d);
+                self.splat(t, lanes)
+            }
             KExpr::Load(b, a) => {
                 if let Some(v) = cache.get(&(*b, *a)) {
                     return *v;

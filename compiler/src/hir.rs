@@ -426,6 +426,10 @@ pub enum ExprKind {
         loss: Box<Expr>,
         wrt: PathId,
     },
+    /// `t`: the iteration of the innermost repeated phase times `dt`.
+    Time {
+        dt: f64,
+    },
     /// Monitor-only functions over whole tensors.
     Angle(Box<Expr>, Box<Expr>),
     Symmetry(PathId),
@@ -435,6 +439,17 @@ pub enum ExprKind {
 impl Expr {
     pub fn constant(v: f64, span: Span) -> Expr {
         Expr { kind: ExprKind::Const(v), span }
+    }
+    /// The pathway of the first synapse-state read in the expression, if any (monitors of
+    /// synapse state are evaluated in that pathway's synapse context).
+    pub fn first_syn_path(&self) -> Option<PathId> {
+        let mut p = None;
+        self.walk(&mut |x| {
+            if let (None, ExprKind::Syn { path, .. }) = (p, &x.kind) {
+                p = Some(*path);
+            }
+        });
+        p
     }
     /// Visits every sub-expression, parents before children.
     pub fn walk(&self, f: &mut dyn FnMut(&Expr)) {
@@ -565,6 +580,10 @@ pub struct Experiment {
     pub readout: Option<(PopId, VarId, Span)>,
     pub loss: LossKind,
     pub eval_batch: usize,
+    /// Steps per epoch when there is no dataset (`data = none`).
+    pub steps: Option<usize>,
+    /// Record monitors every N steps.
+    pub monitor_every: Option<usize>,
     pub span: Span,
 }
 
@@ -580,6 +599,8 @@ impl Default for Experiment {
             readout: None,
             loss: LossKind::CrossEntropy,
             eval_batch: 1000,
+            steps: None,
+            monitor_every: None,
             span: Span::default(),
         }
     }
@@ -657,6 +678,7 @@ impl Circuit {
             }
             ExprKind::Softmax(a) => format!("softmax({})", self.expr_text(a)),
             ExprKind::Rand(k) => if *k == RandKind::Uniform { "rand()" } else { "randn()" }.to_string(),
+            ExprKind::Time { .. } => "t".to_string(),
             ExprKind::CrossEntropy { logits, target } => format!("cross_entropy({}, {})", self.expr_text(logits), self.expr_text(target)),
             ExprKind::Grad { loss, wrt } => format!("grad({}, {})", self.expr_text(loss), self.paths[*wrt].name),
             ExprKind::Angle(a, b) => format!("angle({}, {})", self.expr_text(a), self.expr_text(b)),

@@ -50,6 +50,8 @@ pub enum KExpr {
     Rand(RandKind, u32),
     /// `1 / nb`, the reciprocal of the current batch size (for batch means).
     InvBatch,
+    /// The iteration of the innermost `Loop` times `dt` (the source's `t`).
+    Time(f64),
 }
 
 impl KExpr {
@@ -423,6 +425,9 @@ fn write_expr(s: &mut String, p: &Program, e: &KExpr) {
             let _ = write!(s, "{}#{id}", if *k == RandKind::Uniform { "rand" } else { "randn" });
         }
         KExpr::InvBatch => s.push_str("(1/nb)"),
+        KExpr::Time(dt) => {
+            let _ = write!(s, "(iter*{dt})");
+        }
     }
 }
 

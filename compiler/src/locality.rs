@@ -176,7 +176,7 @@ fn children(e: &Expr) -> Vec<&Expr> {
 fn neuron_tier(c: &Circuit, e: &Expr, pop: Option<PopId>) -> Verdict {
     let base = Verdict::new(Tier::Synapse, "scalars", e.span);
     match &e.kind {
-        ExprKind::Const(_) | ExprKind::Meta(_) | ExprKind::Signal(_) | ExprKind::Rand(_) => base,
+        ExprKind::Const(_) | ExprKind::Meta(_) | ExprKind::Signal(_) | ExprKind::Rand(_) | ExprKind::Time { .. } => base,
         ExprKind::Var { pop: q, .. } => {
             let qp = &c.pops[*q];
             match (&qp.kind, pop) {
@@ -305,7 +305,9 @@ fn syn_tier(c: &Circuit, e: &Expr, pid: PathId) -> Verdict {
     let me = &c.paths[pid];
     let base = Verdict::new(Tier::Synapse, "own synapse, pre, post and scalars", e.span);
     match &e.kind {
-        ExprKind::Const(_) | ExprKind::Meta(_) | ExprKind::Signal(_) | ExprKind::Rand(_) | ExprKind::Var { .. } => base,
+        ExprKind::Const(_) | ExprKind::Meta(_) | ExprKind::Signal(_) | ExprKind::Rand(_) | ExprKind::Time { .. } | ExprKind::Var { .. } => {
+            base
+        }
         ExprKind::Syn { path, transposed, .. } => {
             if *path == pid && !transposed {
                 return base;

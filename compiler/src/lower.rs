@@ -42,11 +42,66 @@ pub fn lower(c: &Circuit, batch: usize) -> Result<Program, Vec<Diagnostic>> {
         snapshot: HashMap::new(),
         temps: 0,
     };
-    let p = l.run();
+    let mut p = l.run();
+    for e in [&mut p.init, &mut p.train, &mut p.eval, &mut p.monitor] {
+        fold_kernels(&mut e.kernels);
+    }
     if l.diags.is_empty() {
         Ok(p)
     } else {
         Err(l.diags)
+    }
+}
+
+/// Folds constant subexpressions of every kernel (e.g. `exp(-dt / tau)` of a decay), in f64,
+/// before either back end sees the program: both then use the same constant.
+fn fold_kernels(ks: &mut [Kernel]) {
+    for k in ks {
+        match k {
+            Kernel::Map { stores, .. } | Kernel::SynMap { stores, .. } => {
+                for s in stores {
+                    s.value = fold_k(std::mem::replace(&mut s.value, KExpr::Const(0.0)));
+                    if let Some(g) = &mut s.guard {
+                        *g = fold_k(std::mem::replace(g, KExpr::Const(0.0)));
+                    }
+                }
+            }
+            Kernel::Reduce { value, .. } | Kernel::SynReduce { value, .. } => *value = fold_k(std::mem::replace(value, KExpr::Const(0.0))),
+            Kernel::Loop { body, .. } | Kernel::Every { body, .. } => fold_kernels(body),
+            _ => {}
+        }
+    }
+}
+
+fn fold_k(e: KExpr) -> KExpr {
+    use crate::interp::{apply_func, binop};
+    match e {
+        KExpr::Unary(op, a) => match fold_k(*a) {
+            KExpr::Const(c) => KExpr::Const(match op {
+                UnOp::Neg => -c,
+                UnOp::Not => (c == 0.0) as i64 as f64,
+            }),
+            a => KExpr::Unary(op, Box::new(a)),
+        },
+        KExpr::Binary(op, a, b) => {
+            let (a, b) = (fold_k(*a), fold_k(*b));
+            match (&a, &b) {
+                (KExpr::Const(x), KExpr::Const(y)) => KExpr::Const(binop::<f64>(op, *x, *y)),
+                // Identities that hold for every value, NaN and infinities included.
+                (_, KExpr::Const(c)) if *c == 1.0 && matches!(op, BinOp::Mul | BinOp::Div) => a,
+                (KExpr::Const(c), _) if *c == 1.0 && op == BinOp::Mul => b,
+                _ => KExpr::Binary(op, Box::new(a), Box::new(b)),
+            }
+        }
+        KExpr::Call(f, args) => {
+            let args: Vec<KExpr> = args.into_iter().map(fold_k).collect();
+            let consts: Option<Vec<f64>> = args.iter().map(|a| if let KExpr::Const(c) = a { Some(*c) } else { None }).collect();
+            match consts {
+                Some(cs) => KExpr::Const(apply_func::<f64>(f, &cs)),
+                None => KExpr::Call(f, args),
+            }
+        }
+        e => e,
     }
 }
 
@@ -364,6 +419,11 @@ impl Lowerer<'_> {
             if let KExpr::Const(0.0) = a {
                 return KExpr::bin(BinOp::Add, x, KExpr::bin(BinOp::Mul, KExpr::Const(dt), b));
             }
+            if let KExpr::Const(0.0) = b {
+                // Pure decay: x·e^{a dt}.
+                let e = KExpr::Call(Func::Exp, vec![KExpr::bin(BinOp::Mul, a, KExpr::Const(dt))]);
+                return KExpr::bin(BinOp::Mul, x, e);
+            }
             // x' = x·e^{a dt} + b·(e^{a dt} − 1)/a, with (e^{a dt} − 1)/a → dt as a → 0.
             let e = KExpr::Call(Func::Exp, vec![KExpr::bin(BinOp::Mul, a.clone(), KExpr::Const(dt))]);
             let phi = KExpr::Call(
@@ -423,6 +483,7 @@ impl Lowerer<'_> {
         let c = self.c;
         match &e.kind {
             ExprKind::Const(v) => KExpr::Const(*v),
+            ExprKind::Time { dt } => KExpr::Time(*dt),
             ExprKind::Var { pop, var, .. } => KExpr::Load(self.var_buf[&(*pop, *var)], Access::Elem),
             ExprKind::Signal(s) => KExpr::Load(self.sig_buf[*s], Access::Sample),
             ExprKind::Meta(m) => KExpr::Load(self.meta_buf[*m], Access::Scalar),
@@ -795,6 +856,7 @@ impl Lowerer<'_> {
         let p = &c.paths[pid];
         match &e.kind {
             ExprKind::Const(v) => KExpr::Const(*v),
+            ExprKind::Time { dt } => KExpr::Time(*dt),
             ExprKind::Var { pop, var, role } => {
                 let acc = match role {
                     Role::Pre => Access::Pre,
@@ -936,6 +998,29 @@ impl Lowerer<'_> {
                 let buf = self.weight_buf(*p);
                 let n = c.pops[path.pre].size;
                 Some(if matches!(e.kind, ExprKind::Symmetry(_)) { Stat::Symmetry { buf, n } } else { Stat::SpectralRadius { buf, n } })
+            }
+            _ if e.first_syn_path().is_some() => {
+                // A statistic of synapse state (e.g. `mean(W.w)`): evaluated in the
+                // pathway's synapse context, where reductions over synapses are defined.
+                let pid = e.first_syn_path().expect("checked");
+                match space_of(c, e, Ctx::Synapse(pid)) {
+                    Ok(Space { idx: Idx::Scalar, batched: false }) => {}
+                    _ => {
+                        let d = Diagnostic::error(
+                            "circ::shape::monitor_not_scalar",
+                            e.span,
+                            "a monitor of synapse state must reduce it to one number",
+                        )
+                        .label("not a single number")
+                        .help("reduce it: `mean(W.w)`, `max(abs(W.w))`");
+                        self.diags.push(d);
+                        return None;
+                    }
+                }
+                let v = self.sexpr(e, pid, em);
+                let out = self.temp(Rows::Batch, 1);
+                em.store(true, 1, Store { out, value: v, guard: None });
+                Some(Stat::Mean { buf: out })
             }
             _ => {
                 if self.pop_size_of(e).is_some() {

@@ -259,7 +259,12 @@ impl Resolver<'_> {
         // Pass 4: phases, plasticity, monitors, experiment.
         self.declare_pass(&items, &env, 4);
 
-        let f64 = self.params.iter().any(|p| p.name == "precision" && p.value == Value::Int(64));
+        let mut f64 = false;
+        for it in &items {
+            if let Item::Precision { value, .. } = it {
+                f64 = value.name == "f64";
+            }
+        }
         let mut experiment = std::mem::take(&mut self.experiment);
         self.apply_experiment_overrides(&mut experiment, head_span);
         Some(Circuit {
@@ -1221,6 +1226,12 @@ impl Resolver<'_> {
                 return mk(ExprKind::Meta(i));
             }
         }
+        // `t`: time within the innermost repeated phase (iteration × dt), unless a
+        // declaration of the same name shadows it.
+        if name == "t" && entity.index.is_none() && field.is_none() && !self.entities.contains_key(name) {
+            let dt = self.find_param("dt").map(|v| v.as_f64()).unwrap_or(1.0);
+            return mk(ExprKind::Time { dt });
+        }
         if !self.entities.contains_key(name) {
             let mut cands: Vec<String> = self.entity_candidates(None);
             cands.extend(self.params.iter().map(|p| p.name.clone()));
@@ -1366,6 +1377,23 @@ impl Resolver<'_> {
             let d = Diagnostic::error("circ::type::not_const", span, "expected a compile-time constant").label("not a constant");
             self.err(d);
             return None;
+        }
+        // `self(x)` / `self^T(y)` in a rule: transmission through the pathway being updated
+        // (so a generic rule such as Oja's subspace rule can name its own back-projection).
+        if let (Ctx::Synapse(pid), "self", None, false) = (ctx, name, index, self.entities.contains_key("self")) {
+            if args.len() != 1 {
+                let d = Diagnostic::error(
+                    "circ::type::arity",
+                    span,
+                    format!("transmission through `self` takes one argument, found {}", args.len()),
+                )
+                .label("one argument expected")
+                .help("write `self^T(post.y)`");
+                self.err(d);
+                return None;
+            }
+            let arg = self.expr(&args[0], env, ctx)?;
+            return Some(Expr { kind: ExprKind::Transmit { path: pid, transpose, arg: Box::new(arg) }, span });
         }
         // Transmission through a pathway.
         if self.entities.get(name).is_some_and(|e| e.kind == EntityKind::Path) {
@@ -2144,7 +2172,7 @@ impl Resolver<'_> {
                         self.err(d);
                     }
                 },
-                "epochs" | "batch" | "seed" | "limit" | "eval_batch" => {
+                "epochs" | "batch" | "seed" | "limit" | "eval_batch" | "steps" | "monitor_every" => {
                     let Some(n) = self.const_int(v, env, &format!("`{}`", k.name)) else {
                         continue;
                     };
@@ -2160,6 +2188,8 @@ impl Resolver<'_> {
                         "batch" => x.batch = n as usize,
                         "seed" => x.seed = n as u64,
                         "eval_batch" => x.eval_batch = n as usize,
+                        "steps" => x.steps = Some(n as usize),
+                        "monitor_every" => x.monitor_every = Some(n as usize),
                         _ => x.limit = Some(n as usize),
                     }
                 }
@@ -2223,7 +2253,7 @@ impl Resolver<'_> {
                 }
             };
             match o.name.as_str() {
-                "epochs" | "batch" | "eval_batch" | "limit" | "seed" => {
+                "epochs" | "batch" | "eval_batch" | "limit" | "seed" | "steps" | "monitor_every" => {
                     let Some(n) = as_count(v) else {
                         let d = Diagnostic::error(
                             "circ::cli::bad_value",
@@ -2239,6 +2269,8 @@ impl Resolver<'_> {
                         "batch" if n > 0 => x.batch = n,
                         "eval_batch" if n > 0 => x.eval_batch = n,
                         "limit" => x.limit = Some(n),
+                        "steps" if n > 0 => x.steps = Some(n),
+                        "monitor_every" if n > 0 => x.monitor_every = Some(n),
                         "seed" => x.seed = n as u64,
                         _ => {
                             let d = Diagnostic::error("circ::cli::bad_value", span, format!("`--set {}` must be at least 1", o.name))

@@ -285,6 +285,7 @@ fn rule_words(r: &Rule) -> Option<&'static str> {
         Rule::field => "`.`",
         Rule::args => "arguments",
         Rule::kw_reverse => "`reverse`",
+        Rule::precision_item | Rule::prec => "`precision f32` or `precision f64`",
         Rule::item_block => "`{`",
         Rule::kw_state | Rule::kw_out => "`state` or `out`",
         _ => return None,
@@ -316,6 +317,7 @@ fn not_kw(p: &Pair<Rule>) -> bool {
     !matches!(
         p.as_rule(),
         Rule::kw_circuit
+            | Rule::kw_precision
             | Rule::kw_locality
             | Rule::kw_import
             | Rule::kw_param
@@ -444,6 +446,7 @@ impl Builder {
         let rule = p.as_rule();
         let mut it = p.into_inner().filter(not_kw);
         Some(match rule {
+            Rule::precision_item => Item::Precision { value: self.ident(it.next()?), span },
             Rule::import_item => {
                 let s = it.next()?.as_str();
                 Item::Import { path: s[1..s.len() - 1].to_string(), span }

@@ -90,6 +90,8 @@ pub struct RunConfig {
     pub resume: Option<PathBuf>,
     /// Stop after this many steps in total (for tests of interruption and resume).
     pub max_steps: Option<u64>,
+    /// Steps per epoch when there is no dataset.
+    pub steps: usize,
 }
 
 impl Default for RunConfig {
@@ -108,6 +110,7 @@ impl Default for RunConfig {
             quiet: true,
             resume: None,
             max_steps: None,
+            steps: 1,
         }
     }
 }
@@ -168,20 +171,49 @@ struct Position {
 }
 
 /// Trains and evaluates a circuit on a dataset.
-pub fn train(engine: &mut dyn Engine, state: &mut State, info: &RunInfo, data: &Dataset, cfg: &RunConfig) -> Result<Outcome, RunError> {
-    let input = info.input.ok_or(RunError::NoInput)?;
-    let readout = info.readout.ok_or(RunError::NoReadout)?;
-    if state.specs[input].cols != data.input_dim {
-        return Err(RunError::InputSize { name: state.specs[input].name.clone(), data: data.input_dim, circuit: state.specs[input].cols });
-    }
-    if let Some(t) = info.target {
-        if state.specs[t].cols != data.target_dim {
-            return Err(RunError::TargetSize { name: state.specs[t].name.clone(), data: data.target_dim, circuit: state.specs[t].cols });
+pub fn train(
+    engine: &mut dyn Engine,
+    state: &mut State,
+    info: &RunInfo,
+    data: Option<&Dataset>,
+    cfg: &RunConfig,
+) -> Result<Outcome, RunError> {
+    // With data: the input (and target) buffers must match it, and a readout scores it.
+    let io = match data {
+        Some(data) => {
+            let input = info.input.ok_or(RunError::NoInput)?;
+            // Unsupervised circuits (no target) need no readout.
+            let readout = match (info.readout, info.target) {
+                (Some(r), _) => Some(r),
+                (None, None) => None,
+                (None, Some(_)) => return Err(RunError::NoReadout),
+            };
+            if state.specs[input].cols != data.input_dim {
+                return Err(RunError::InputSize {
+                    name: state.specs[input].name.clone(),
+                    data: data.input_dim,
+                    circuit: state.specs[input].cols,
+                });
+            }
+            if let Some(t) = info.target {
+                if state.specs[t].cols != data.target_dim {
+                    return Err(RunError::TargetSize {
+                        name: state.specs[t].name.clone(),
+                        data: data.target_dim,
+                        circuit: state.specs[t].cols,
+                    });
+                }
+            }
+            Some((data, input, readout))
         }
-    }
+        None => None,
+    };
     let batch = cfg.batch.clamp(1, state.max_batch);
     let eval_batch = cfg.eval_batch.clamp(1, state.max_batch);
-    let n_train = cfg.limit.map(|l| l.min(data.train.n)).unwrap_or(data.train.n);
+    let n_train = match data {
+        Some(d) => cfg.limit.map(|l| l.min(d.train.n)).unwrap_or(d.train.n),
+        None => cfg.steps.max(1) * batch,
+    };
     let steps_per_epoch = n_train.div_ceil(batch);
     let mut metrics = match &cfg.out {
         Some(d) => MetricsLog::new(d)?,
@@ -202,7 +234,7 @@ pub fn train(engine: &mut dyn Engine, state: &mut State, info: &RunInfo, data: &
     let total_steps = (cfg.epochs * steps_per_epoch) as u64;
     let mut progress = Progress::new(&info.circuit, total_steps, cfg.quiet);
     progress.inc(pos.global);
-    let start = Instant::now();
+    let mut last_saved = Instant::now();
     let mut train_seconds = 0.0;
     let mut last_monitors: Vec<(String, f64)> = Vec::new();
     let mut last_test = (f64::NAN, f64::NAN);
@@ -217,12 +249,18 @@ pub fn train(engine: &mut dyn Engine, state: &mut State, info: &RunInfo, data: &
         while pos.step_in_epoch < steps_per_epoch {
             let lo = pos.step_in_epoch * batch;
             let idx = &order[lo..(lo + batch).min(n_train)];
-            fill(state, input, info.target, &data.train, data, idx);
             ctx.step = pos.global;
-            engine.run(EntryKind::Train, state, idx.len(), &ctx);
-            let (l, c) = score(state, readout, &data.train, data, idx, cfg.loss);
-            sum_loss += l;
-            sum_correct += c;
+            if let Some((data, input, readout)) = io {
+                fill(state, input, info.target, &data.train, data, idx);
+                engine.run(EntryKind::Train, state, idx.len(), &ctx);
+                if let Some(readout) = readout {
+                    let (l, c) = score(state, readout, &data.train, data, idx, cfg.loss);
+                    sum_loss += l;
+                    sum_correct += c;
+                }
+            } else {
+                engine.run(EntryKind::Train, state, idx.len(), &ctx);
+            }
             seen += idx.len();
             pos.step_in_epoch += 1;
             pos.global += 1;
@@ -243,28 +281,39 @@ pub fn train(engine: &mut dyn Engine, state: &mut State, info: &RunInfo, data: &
         }
         train_seconds += t0.elapsed().as_secs_f64();
         check_finite(state, info, batch.min(n_train.max(1)), pos.global)?;
-        last_train = (sum_loss / seen.max(1) as f64, sum_correct / seen.max(1) as f64);
-        last_test = evaluate(engine, state, input, info.target, readout, data, eval_batch, cfg.loss, &ctx);
-        metrics.record(
-            pos.global,
-            pos.epoch as u64 + 1,
-            &[
-                ("train_loss", last_train.0),
-                ("train_acc", last_train.1),
-                ("test_loss", last_test.0),
-                ("test_acc", last_test.1),
-                ("train_seconds", train_seconds),
-            ],
-        )?;
-        progress.epoch_end(
-            pos.epoch as u64 + 1,
-            &format!("train loss {:.4} acc {:.4}, test loss {:.4} acc {:.4}", last_train.0, last_train.1, last_test.0, last_test.1),
-        );
+        if let Some((data, input, Some(readout))) = io {
+            last_train = (sum_loss / seen.max(1) as f64, sum_correct / seen.max(1) as f64);
+            last_test = evaluate(engine, state, input, info.target, readout, data, eval_batch, cfg.loss, &ctx);
+            metrics.record(
+                pos.global,
+                pos.epoch as u64 + 1,
+                &[
+                    ("train_loss", last_train.0),
+                    ("train_acc", last_train.1),
+                    ("test_loss", last_test.0),
+                    ("test_acc", last_test.1),
+                    ("train_seconds", train_seconds),
+                ],
+            )?;
+            progress.epoch_end(
+                pos.epoch as u64 + 1,
+                &format!("train loss {:.4} acc {:.4}, test loss {:.4} acc {:.4}", last_train.0, last_train.1, last_test.0, last_test.1),
+            );
+        } else {
+            metrics.record(pos.global, pos.epoch as u64 + 1, &[("train_seconds", train_seconds)])?;
+            let mons: String = last_monitors.iter().map(|(n, v)| format!(" {n} {v:.4}")).collect();
+            progress.epoch_end(pos.epoch as u64 + 1, &format!("{} steps{mons}", pos.global));
+        }
         pos.epoch += 1;
         pos.step_in_epoch = 0;
+        // Checkpoint at epoch ends, but not more often than every 30 s of wall time (each is
+        // a synced write), and always after the last epoch.
         if let Some(d) = &cfg.out {
-            metrics.flush()?;
-            save_checkpoint(&d.join("checkpoint.npz"), state, pos)?;
+            if last_saved.elapsed().as_secs_f64() >= 30.0 || pos.epoch == cfg.epochs {
+                metrics.flush()?;
+                save_checkpoint(&d.join("checkpoint.npz"), state, pos)?;
+                last_saved = Instant::now();
+            }
         }
     }
     progress.finish();
@@ -278,7 +327,6 @@ pub fn train(engine: &mut dyn Engine, state: &mut State, info: &RunInfo, data: &
         metrics.flush()?;
         write_plots(d, &metrics, &info.monitors)?;
     }
-    let _ = start;
     Ok(Outcome {
         test_acc: last_test.1,
         test_loss: last_test.0,

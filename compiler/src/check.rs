@@ -265,11 +265,11 @@ pub fn space_of(c: &Circuit, e: &Expr, ctx: Ctx) -> Result<Space, Diagnostic> {
                 .help("use it in a rule of that pathway"));
             }
         },
-        ExprKind::Angle(..) | ExprKind::Symmetry(_) | ExprKind::SpectralRadius(_) => {
+        ExprKind::Angle(..) | ExprKind::MatStat { .. } => {
             if ctx != Ctx::Monitor {
                 return Err(Diagnostic::error("circ::check::monitor_only", e.span, "this function is for monitors only")
                     .label("monitor-only")
-                    .help("angle, symmetry and spectral_radius measure the circuit; use them in a `monitor`"));
+                    .help("angle, symmetry, spectral_radius, effective_rank and histogram measure the circuit; use them in a `monitor`"));
             }
             Space::SCALAR
         }

@@ -359,6 +359,30 @@ impl Func {
     }
 }
 
+/// Statistics of a synapse-state matrix that monitors can report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatStatKind {
+    /// (‖W_sym‖ − ‖W_skew‖)/(‖W_sym‖ + ‖W_skew‖); square pathways only.
+    Symmetry,
+    /// Largest |eigenvalue|; square pathways only.
+    SpectralRadius,
+    /// exp(entropy of the normalised singular values) (Roy & Vetterli 2007).
+    EffectiveRank,
+    /// A histogram of the values, plotted at the end of the run.
+    Histogram,
+}
+
+impl MatStatKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            MatStatKind::Symmetry => "symmetry",
+            MatStatKind::SpectralRadius => "spectral_radius",
+            MatStatKind::EffectiveRank => "effective_rank",
+            MatStatKind::Histogram => "histogram",
+        }
+    }
+}
+
 /// Random draws, one per element per evaluation, from the run's counter-based generator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RandKind {
@@ -432,8 +456,12 @@ pub enum ExprKind {
     },
     /// Monitor-only functions over whole tensors.
     Angle(Box<Expr>, Box<Expr>),
-    Symmetry(PathId),
-    SpectralRadius(PathId),
+    /// A statistic of a whole synapse-state matrix (monitors only).
+    MatStat {
+        kind: MatStatKind,
+        path: PathId,
+        var: VarId,
+    },
 }
 
 impl Expr {
@@ -682,8 +710,9 @@ impl Circuit {
             ExprKind::CrossEntropy { logits, target } => format!("cross_entropy({}, {})", self.expr_text(logits), self.expr_text(target)),
             ExprKind::Grad { loss, wrt } => format!("grad({}, {})", self.expr_text(loss), self.paths[*wrt].name),
             ExprKind::Angle(a, b) => format!("angle({}, {})", self.expr_text(a), self.expr_text(b)),
-            ExprKind::Symmetry(p) => format!("symmetry({})", self.paths[*p].name),
-            ExprKind::SpectralRadius(p) => format!("spectral_radius({})", self.paths[*p].name),
+            ExprKind::MatStat { kind, path, var } => {
+                format!("{}({}.{})", kind.name(), self.paths[*path].name, self.paths[*path].syn[*var].name)
+            }
         }
     }
 

@@ -267,7 +267,7 @@ fn neuron_tier(c: &Circuit, e: &Expr, pop: Option<PopId>) -> Verdict {
             v.join(neuron_tier(c, logits, q)).join(neuron_tier(c, target, q))
         }
         ExprKind::Grad { .. } => Verdict::new(Tier::NonLocal, "gradient: grad() differentiates through the whole circuit", e.span),
-        ExprKind::Syn { .. } | ExprKind::Angle(..) | ExprKind::Symmetry(_) | ExprKind::SpectralRadius(_) => base,
+        ExprKind::Syn { .. } | ExprKind::Angle(..) | ExprKind::MatStat { .. } => base,
         ExprKind::Unary { .. } | ExprKind::Binary { .. } | ExprKind::Call { .. } => {
             children(e).into_iter().fold(base, |v, ch| v.join(neuron_tier(c, ch, pop)))
         }
@@ -360,7 +360,7 @@ fn syn_tier(c: &Circuit, e: &Expr, pid: PathId) -> Verdict {
             .join(syn_tier(c, logits, pid))
             .join(syn_tier(c, target, pid)),
         ExprKind::Grad { .. } => Verdict::new(Tier::NonLocal, "gradient: grad() differentiates through the whole circuit", e.span),
-        ExprKind::Angle(..) | ExprKind::Symmetry(_) | ExprKind::SpectralRadius(_) => base,
+        ExprKind::Angle(..) | ExprKind::MatStat { .. } => base,
         ExprKind::Unary { .. } | ExprKind::Binary { .. } | ExprKind::Call { .. } => {
             children(e).into_iter().fold(base, |v, ch| v.join(syn_tier(c, ch, pid)))
         }

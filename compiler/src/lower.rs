@@ -527,7 +527,7 @@ impl Lowerer<'_> {
                 self.unsupported(e.span, "grad()");
                 KExpr::Const(0.0)
             }
-            ExprKind::Angle(..) | ExprKind::Symmetry(_) | ExprKind::SpectralRadius(_) => {
+            ExprKind::Angle(..) | ExprKind::MatStat { .. } => {
                 self.unsupported(e.span, "a monitor function outside a monitor");
                 KExpr::Const(0.0)
             }
@@ -909,7 +909,7 @@ impl Lowerer<'_> {
                 self.unsupported(e.span, "grad()");
                 KExpr::Const(0.0)
             }
-            ExprKind::Angle(..) | ExprKind::Symmetry(_) | ExprKind::SpectralRadius(_) => {
+            ExprKind::Angle(..) | ExprKind::MatStat { .. } => {
                 self.unsupported(e.span, "a monitor function outside a monitor");
                 KExpr::Const(0.0)
             }
@@ -982,9 +982,10 @@ impl Lowerer<'_> {
                 let tb = self.materialize_fresh(b, cols, em);
                 Some(Stat::Angle { a: ta, b: tb, cols })
             }
-            ExprKind::Symmetry(p) | ExprKind::SpectralRadius(p) => {
+            ExprKind::MatStat { kind, path: p, var } => {
                 let path = &c.paths[*p];
-                if path.pre != path.post {
+                let square = matches!(kind, MatStatKind::Symmetry | MatStatKind::SpectralRadius);
+                if square && path.pre != path.post {
                     let d = Diagnostic::error(
                         "circ::shape::not_square",
                         e.span,
@@ -995,9 +996,14 @@ impl Lowerer<'_> {
                     self.diags.push(d);
                     return None;
                 }
-                let buf = self.weight_buf(*p);
-                let n = c.pops[path.pre].size;
-                Some(if matches!(e.kind, ExprKind::Symmetry(_)) { Stat::Symmetry { buf, n } } else { Stat::SpectralRadius { buf, n } })
+                let buf = self.syn_buf[&(*p, *var)];
+                let (rows, cols) = (c.pops[path.post].size, c.pops[path.pre].size);
+                Some(match kind {
+                    MatStatKind::Symmetry => Stat::Symmetry { buf, n: rows },
+                    MatStatKind::SpectralRadius => Stat::SpectralRadius { buf, n: rows },
+                    MatStatKind::EffectiveRank => Stat::EffectiveRank { buf, rows, cols },
+                    MatStatKind::Histogram => Stat::Histogram { buf, len: rows * cols },
+                })
             }
             _ if e.first_syn_path().is_some() => {
                 // A statistic of synapse state (e.g. `mean(W.w)`): evaluated in the

@@ -1573,7 +1573,7 @@ impl Resolver<'_> {
                 let x = a.pop().expect("two");
                 ExprKind::Angle(Box::new(x), Box::new(b))
             }
-            "symmetry" | "spectral_radius" | "grad" => {
+            "symmetry" | "spectral_radius" | "effective_rank" | "histogram" | "grad" => {
                 let want = if name == "grad" { 2 } else { 1 };
                 if nargs != want {
                     bad_arity(
@@ -1583,8 +1583,8 @@ impl Resolver<'_> {
                     return None;
                 }
                 let last = a.pop().expect("nonempty");
-                let path = match last.kind {
-                    ExprKind::Syn { path, .. } => path,
+                let (path, var) = match last.kind {
+                    ExprKind::Syn { path, var, .. } => (path, var),
                     _ => {
                         let d = Diagnostic::error(
                             "circ::type::needs_synapse_state",
@@ -1597,11 +1597,14 @@ impl Resolver<'_> {
                         return None;
                     }
                 };
-                match name {
-                    "symmetry" => ExprKind::Symmetry(path),
-                    "spectral_radius" => ExprKind::SpectralRadius(path),
-                    _ => ExprKind::Grad { loss: Box::new(a.pop().expect("two")), wrt: path },
-                }
+                let kind = match name {
+                    "symmetry" => MatStatKind::Symmetry,
+                    "spectral_radius" => MatStatKind::SpectralRadius,
+                    "effective_rank" => MatStatKind::EffectiveRank,
+                    "histogram" => MatStatKind::Histogram,
+                    _ => return Some(Expr { kind: ExprKind::Grad { loss: Box::new(a.pop().expect("two")), wrt: path }, span }),
+                };
+                ExprKind::MatStat { kind, path, var }
             }
             _ => {
                 let Some(func) = Func::ALL.iter().copied().find(|f| f.name() == name) else {

@@ -270,7 +270,13 @@ pub fn train(
             }
             if !info.monitors.is_empty() && pos.global % monitor_every as u64 == 0 {
                 last_monitors = run_monitors(engine, state, info, idx.len(), &ctx);
-                let vals: Vec<(&str, f64)> = last_monitors.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+                // Histograms have no scalar value: they are drawn at the end.
+                let vals: Vec<(&str, f64)> = last_monitors
+                    .iter()
+                    .zip(&info.monitors)
+                    .filter(|(_, (_, s))| !matches!(s, Stat::Histogram { .. }))
+                    .map(|((n, v), _)| (n.as_str(), *v))
+                    .collect();
                 metrics.record(pos.global, pos.epoch as u64, &vals)?;
             }
             if cfg.max_steps.is_some_and(|m| pos.global >= m) {
@@ -325,7 +331,7 @@ pub fn train(
     }
     if let Some(d) = &cfg.out {
         metrics.flush()?;
-        write_plots(d, &metrics, &info.monitors)?;
+        write_plots(d, &metrics, &info.monitors, state)?;
     }
     Ok(Outcome {
         test_acc: last_test.1,
@@ -335,7 +341,12 @@ pub fn train(
         train_seconds,
         steps: pos.global,
         epochs_done: pos.epoch,
-        monitors: last_monitors,
+        monitors: last_monitors
+            .into_iter()
+            .zip(&info.monitors)
+            .filter(|(_, (_, s))| !matches!(s, Stat::Histogram { .. }))
+            .map(|(m, _)| m)
+            .collect(),
         metrics,
     })
 }
@@ -446,6 +457,8 @@ pub fn run_monitors(engine: &mut dyn Engine, state: &mut State, info: &RunInfo, 
                 Stat::Mean { buf } => state.get(*buf)[..nb].iter().sum::<f64>() / nb.max(1) as f64,
                 Stat::Symmetry { buf, n } => stats::symmetry(&state.get(*buf), *n),
                 Stat::SpectralRadius { buf, n } => stats::spectral_radius(&state.get(*buf), *n),
+                Stat::EffectiveRank { buf, rows, cols } => stats::effective_rank(&state.get(*buf), *rows, *cols),
+                Stat::Histogram { .. } => f64::NAN,
             };
             (name.clone(), v)
         })
@@ -545,7 +558,7 @@ fn load_metrics(dir: &Path) -> Result<MetricsLog, RunError> {
 }
 
 /// Learning curves and monitor curves as PNG.
-fn write_plots(dir: &Path, metrics: &MetricsLog, monitors: &[(String, Stat)]) -> Result<(), RunError> {
+fn write_plots(dir: &Path, metrics: &MetricsLog, monitors: &[(String, Stat)], state: &State) -> Result<(), RunError> {
     let werr = |p: &Path, e: String| RunError::Write { path: p.display().to_string(), why: e };
     let acc = dir.join("accuracy.png");
     let by_epoch = |name: &str| -> Vec<(f64, f64)> {
@@ -576,8 +589,13 @@ fn write_plots(dir: &Path, metrics: &MetricsLog, monitors: &[(String, Stat)]) ->
         &[Series::new("train", by_epoch("train_loss")), Series::new("test", by_epoch("test_loss"))],
     )
     .map_err(|e| werr(&loss, e.to_string()))?;
-    for (name, _) in monitors {
+    for (name, stat) in monitors {
         let p = dir.join(format!("monitor_{name}.png"));
+        if let Stat::Histogram { buf, len } = stat {
+            let v = state.get(*buf);
+            plot::histogram_plot(&p, name, name, &v[..(*len).min(v.len())], 50).map_err(|e| werr(&p, e.to_string()))?;
+            continue;
+        }
         let pts = metrics.series(name);
         plot::line_plot(&p, name, "step", name, &[Series::new(name.clone(), pts)]).map_err(|e| werr(&p, e.to_string()))?;
     }

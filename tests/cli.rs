@@ -78,3 +78,108 @@ fn unknown_set_name_is_an_error_with_a_suggestion() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("circ::cli::unknown_param") && err.contains("did you mean `hidden`"), "{err}");
 }
+
+fn run_quick(args: &[&str], out: &std::path::Path) -> std::process::Output {
+    circ()
+        .args(["run", "examples/quickstart.circ", "--json", "--seed", "1", "--epochs", "4", "--out"])
+        .arg(out)
+        .args(args)
+        .current_dir(common::root())
+        .output()
+        .unwrap()
+}
+
+fn npz(path: &std::path::Path) -> Vec<(String, Vec<f64>)> {
+    use circ_runtime::npz::{read_npz, NpyData};
+    let mut v: Vec<(String, Vec<f64>)> = read_npz(path)
+        .unwrap()
+        .into_iter()
+        .map(|a| {
+            let data = match a.data {
+                NpyData::F32(x) => x.into_iter().map(|v| v as f64).collect(),
+                NpyData::F64(x) => x,
+                NpyData::I64(x) => x.into_iter().map(|v| v as f64).collect(),
+                NpyData::U8(x) => x.into_iter().map(|v| v as f64).collect(),
+            };
+            (a.name, data)
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Metrics without the wall-clock column.
+fn metrics_without_time(dir: &std::path::Path) -> Vec<String> {
+    let s = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    let header: Vec<&str> = s.lines().next().unwrap().split(',').collect();
+    let t = header.iter().position(|h| *h == "train_seconds");
+    s.lines().map(|l| l.split(',').enumerate().filter(|(i, _)| Some(*i) != t).map(|(_, x)| x).collect::<Vec<_>>().join(",")).collect()
+}
+
+#[test]
+fn an_interrupted_run_resumes_bit_identically() {
+    let base = std::env::temp_dir().join(format!("circ-resume-{}", std::process::id()));
+    let (a, b) = (base.join("a"), base.join("b"));
+    let _ = std::fs::remove_dir_all(&base);
+    assert!(run_quick(&[], &a).status.success());
+    // Stop in the middle of the third epoch (125 steps per epoch), then resume.
+    let stop = run_quick(&["--max-steps", "313"], &b);
+    assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
+    let resumed = run_quick(&["--resume", b.join("checkpoint.npz").to_str().unwrap()], &b);
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert_eq!(npz(&a.join("checkpoint.npz")), npz(&b.join("checkpoint.npz")), "final state differs");
+    assert_eq!(metrics_without_time(&a), metrics_without_time(&b), "metrics differ");
+    let last = |o: &std::process::Output| -> serde_json::Value {
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap()).unwrap()
+    };
+    let (ja, jb) = (last(&run_quick(&[], &base.join("c"))), last(&resumed));
+    assert_eq!(ja["test_acc"], jb["test_acc"]);
+    assert_eq!(ja["test_loss"], jb["test_loss"]);
+    assert_eq!(ja["mean_rate"], jb["mean_rate"]);
+}
+
+#[test]
+fn monitors_do_not_change_training() {
+    // The quickstart with its monitor recorded every step vs. never (monitor_every beyond the run).
+    let base = std::env::temp_dir().join(format!("circ-mon-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    assert!(run_quick(&["--monitor-every", "1"], &base.join("a")).status.success());
+    assert!(run_quick(&["--monitor-every", "100000"], &base.join("b")).status.success());
+    assert_eq!(npz(&base.join("a/checkpoint.npz")), npz(&base.join("b/checkpoint.npz")));
+}
+
+#[test]
+fn a_diverging_run_stops_and_names_the_variable_and_the_equation() {
+    let dir = std::env::temp_dir().join(format!("circ-nan-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let prog = dir.join("diverge.circ");
+    // The weights grow without bound, so exp(h.a) overflows to infinity.
+    std::fs::write(
+        &prog,
+        "input x[2]\npop h[4] { a, out r }\npop o[2] { a }\ntarget y[2] at o\n\
+         path W: x -> h init uniform(0.5, 1) plastic\npath V: h -> o init uniform(-1, 1) fixed\n\
+         phase forward {\n  h.a = W(x)\n  h.r = exp(h.a)\n  o.a = V(h)\n}\n\
+         plasticity { W.w += 1 }\nexperiment { data = moons  epochs = 3  batch = 1  readout = o.a }\n",
+    )
+    .unwrap();
+    let out = circ().arg("run").arg(&prog).arg("--out").arg(dir.join("out")).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("circ::run::non_finite"), "{err}");
+    assert!(err.contains("`h.r` became inf"), "names the variable: {err}");
+    assert!(err.contains("diverge.circ:9:3"), "names the equation's location: {err}");
+    assert!(err.contains("at step"), "{err}");
+}
+
+#[test]
+fn too_much_memory_is_refused_before_allocating() {
+    let out = circ()
+        .args(["run", "examples/quickstart.circ", "--set", "hidden=100000000", "--max-memory", "1G"])
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("circ::run::memory") && err.contains("needs"), "{err}");
+}

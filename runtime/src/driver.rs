@@ -168,6 +168,11 @@ struct Position {
     step_in_epoch: usize,
     /// Steps done in total.
     global: u64,
+    /// Training loss and correct predictions summed over the samples seen so far in `epoch`
+    /// (so a resumed run reports the same epoch averages as an uninterrupted one).
+    sum_loss: f64,
+    sum_correct: f64,
+    seen: usize,
 }
 
 /// Trains and evaluates a circuit on a dataset.
@@ -242,9 +247,6 @@ pub fn train(
     let mut stopped = false;
     'epochs: while pos.epoch < cfg.epochs {
         let order = epoch_order(n_train, cfg.seed, pos.epoch as u64, cfg.shuffle);
-        let mut sum_loss = 0.0;
-        let mut sum_correct = 0.0;
-        let mut seen = 0usize;
         let t0 = Instant::now();
         while pos.step_in_epoch < steps_per_epoch {
             let lo = pos.step_in_epoch * batch;
@@ -255,13 +257,13 @@ pub fn train(
                 engine.run(EntryKind::Train, state, idx.len(), &ctx);
                 if let Some(readout) = readout {
                     let (l, c) = score(state, readout, &data.train, data, idx, cfg.loss);
-                    sum_loss += l;
-                    sum_correct += c;
+                    pos.sum_loss += l;
+                    pos.sum_correct += c;
                 }
             } else {
                 engine.run(EntryKind::Train, state, idx.len(), &ctx);
             }
-            seen += idx.len();
+            pos.seen += idx.len();
             pos.step_in_epoch += 1;
             pos.global += 1;
             progress.inc(1);
@@ -288,7 +290,7 @@ pub fn train(
         train_seconds += t0.elapsed().as_secs_f64();
         check_finite(state, info, batch.min(n_train.max(1)), pos.global)?;
         if let Some((data, input, Some(readout))) = io {
-            last_train = (sum_loss / seen.max(1) as f64, sum_correct / seen.max(1) as f64);
+            last_train = (pos.sum_loss / pos.seen.max(1) as f64, pos.sum_correct / pos.seen.max(1) as f64);
             last_test = evaluate(engine, state, input, info.target, readout, data, eval_batch, cfg.loss, &ctx);
             metrics.record(
                 pos.global,
@@ -312,6 +314,7 @@ pub fn train(
         }
         pos.epoch += 1;
         pos.step_in_epoch = 0;
+        (pos.sum_loss, pos.sum_correct, pos.seen) = (0.0, 0.0, 0);
         // Checkpoint at epoch ends, but not more often than every 30 s of wall time (each is
         // a synced write), and always after the last epoch.
         if let Some(d) = &cfg.out {
@@ -499,7 +502,8 @@ fn save_checkpoint(path: &Path, state: &State, pos: Position) -> Result<(), RunE
             Precision::F64 => NpyArray::f64(spec.name.clone(), &shape, state.get(b)),
         });
     }
-    arrays.push(NpyArray::i64("__position", &[3], vec![pos.epoch as i64, pos.step_in_epoch as i64, pos.global as i64]));
+    arrays.push(NpyArray::i64("__position", &[4], vec![pos.epoch as i64, pos.step_in_epoch as i64, pos.global as i64, pos.seen as i64]));
+    arrays.push(NpyArray::f64("__epoch_sums", &[2], vec![pos.sum_loss, pos.sum_correct]));
     npz::write_npz(path, &arrays)?;
     Ok(())
 }
@@ -512,13 +516,23 @@ fn load_checkpoint(path: &Path, state: &mut State) -> Result<Position, RunError>
     for a in &arrays {
         if a.name == "__position" {
             if let NpyData::I64(v) = &a.data {
-                if v.len() == 3 && v.iter().all(|x| *x >= 0) {
-                    pos = Some(Position { epoch: v[0] as usize, step_in_epoch: v[1] as usize, global: v[2] as u64 });
+                if v.len() == 4 && v.iter().all(|x| *x >= 0) {
+                    pos = Some(Position {
+                        epoch: v[0] as usize,
+                        step_in_epoch: v[1] as usize,
+                        global: v[2] as u64,
+                        seen: v[3] as usize,
+                        ..Position::default()
+                    });
                 }
             }
         }
     }
-    let pos = pos.ok_or_else(|| mismatch("it has no valid training position".into()))?;
+    let mut pos = pos.ok_or_else(|| mismatch("it has no valid training position".into()))?;
+    match arrays.iter().find(|a| a.name == "__epoch_sums").map(|a| &a.data) {
+        Some(NpyData::F64(v)) if v.len() == 2 => (pos.sum_loss, pos.sum_correct) = (v[0], v[1]),
+        _ => return Err(mismatch("it has no valid epoch sums".into())),
+    }
     for b in 0..state.specs.len() {
         let spec = state.specs[b].clone();
         if !spec.kind.persistent() {

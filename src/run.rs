@@ -63,6 +63,7 @@ pub fn run(a: RunArgs) -> i32 {
         }
     };
     let info = pipeline::run_info(&program, &fe.sources);
+    let origins = program.origins.clone();
     let precision = program.precision;
     let specs = program.buffers.clone();
     let max_batch = batch.max(eval_batch);
@@ -132,6 +133,15 @@ pub fn run(a: RunArgs) -> i32 {
     let outcome = driver::train(engine.as_mut(), &mut state, &info, data.as_ref(), &cfg);
     let out = match outcome {
         Ok(o) => o,
+        // A NaN/Inf points at the equation that produced it, in the source.
+        Err(driver::RunError::NonFinite { what, value, step, kept, .. }) if origins.iter().any(|o| format!("`{}`", o.what) == what) => {
+            let o = origins.iter().rev().find(|o| format!("`{}`", o.what) == what).expect("checked");
+            let d = Diagnostic::error("circ::run::non_finite", o.span, format!("{what} became {value} at step {step}"))
+                .label("this equation produced it")
+                .help(format!("lower the learning rate, or guard the division, log or exp that overflows{kept}"));
+            eprint!("{}", render(&[d], &fe.sources, crate::cli::color()));
+            return 1;
+        }
         Err(e) => return fail(&e),
     };
     let mut fields: Vec<(&str, serde_json::Value)> = vec![

@@ -144,8 +144,8 @@ pub enum RunError {
     #[diagnostic(code(circ::run::no_input), help("declare `input x[N]`"))]
     NoInput,
     #[error("{what} became {value} at step {step}{origin}")]
-    #[diagnostic(code(circ::run::non_finite), help("lower the learning rate, or guard the division/log/exp that overflows; the last good state is in checkpoint.npz when --out is given"))]
-    NonFinite { what: String, value: String, step: u64, origin: String },
+    #[diagnostic(code(circ::run::non_finite), help("lower the learning rate, or guard the division, log or exp that overflows{kept}"))]
+    NonFinite { what: String, value: String, step: u64, origin: String, kept: String },
     #[error(transparent)]
     #[diagnostic(transparent)]
     Metrics(#[from] MetricsError),
@@ -240,6 +240,9 @@ pub fn train(
     let mut progress = Progress::new(&info.circuit, total_steps, cfg.quiet);
     progress.inc(pos.global);
     let mut last_saved = Instant::now();
+    let mut guard = FiniteGuard::default();
+    // The starting state is the first "last good" one.
+    guard.check(state, info, batch.min(n_train.max(1)), pos, cfg.out.as_deref())?;
     let mut train_seconds = 0.0;
     let mut last_monitors: Vec<(String, f64)> = Vec::new();
     let mut last_test = (f64::NAN, f64::NAN);
@@ -268,7 +271,7 @@ pub fn train(
             pos.global += 1;
             progress.inc(1);
             if cfg.check_every > 0 && pos.global % cfg.check_every as u64 == 0 {
-                check_finite(state, info, idx.len(), pos.global)?;
+                guard.check(state, info, idx.len(), pos, cfg.out.as_deref())?;
             }
             if !info.monitors.is_empty() && pos.global % monitor_every as u64 == 0 {
                 last_monitors = run_monitors(engine, state, info, idx.len(), &ctx);
@@ -288,7 +291,7 @@ pub fn train(
             }
         }
         train_seconds += t0.elapsed().as_secs_f64();
-        check_finite(state, info, batch.min(n_train.max(1)), pos.global)?;
+        guard.check(state, info, batch.min(n_train.max(1)), pos, cfg.out.as_deref())?;
         if let Some((data, input, Some(readout))) = io {
             last_train = (pos.sum_loss / pos.seen.max(1) as f64, pos.sum_correct / pos.seen.max(1) as f64);
             last_test = evaluate(engine, state, input, info.target, readout, data, eval_batch, cfg.loss, &ctx);
@@ -468,6 +471,41 @@ pub fn run_monitors(engine: &mut dyn Engine, state: &mut State, info: &RunInfo, 
         .collect()
 }
 
+/// Keeps the last state that passed the NaN/Inf check, so a diverging run can leave it behind.
+#[derive(Default)]
+struct FiniteGuard {
+    good: Option<(Vec<(usize, Vec<f64>)>, Position)>,
+}
+
+impl FiniteGuard {
+    /// Checks the state; on success remembers it (when there is an output directory), on
+    /// failure writes the last good state as the checkpoint and returns the error.
+    fn check(&mut self, state: &mut State, info: &RunInfo, nb: usize, pos: Position, out: Option<&Path>) -> Result<(), RunError> {
+        match check_finite(state, info, nb, pos.global) {
+            Ok(()) => {
+                if out.is_some() {
+                    let bufs = (0..state.specs.len()).filter(|&b| state.specs[b].kind.persistent()).map(|b| (b, state.get(b))).collect();
+                    self.good = Some((bufs, pos));
+                }
+                Ok(())
+            }
+            Err(RunError::NonFinite { what, value, step, origin, .. }) => {
+                let mut kept = String::new();
+                if let (Some(dir), Some((bufs, good_pos))) = (out, &self.good) {
+                    for (b, v) in bufs {
+                        state.set_f64(*b, v);
+                    }
+                    let path = dir.join("checkpoint.npz");
+                    save_checkpoint(&path, state, *good_pos)?;
+                    kept = format!("; the last good state (step {}) is in {}", good_pos.global, path.display());
+                }
+                Err(RunError::NonFinite { what, value, step, origin, kept })
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// Stops with a clear error when a circuit buffer holds NaN or Inf.
 fn check_finite(state: &State, info: &RunInfo, nb: usize, step: u64) -> Result<(), RunError> {
     for (b, spec) in state.specs.iter().enumerate() {
@@ -482,7 +520,7 @@ fn check_finite(state: &State, info: &RunInfo, nb: usize, step: u64) -> Result<(
             let v = state.at(b, i);
             let origin =
                 info.origins.iter().find(|(ob, _, _)| *ob == b).map(|(_, _, loc)| format!(" (computed at {loc})")).unwrap_or_default();
-            return Err(RunError::NonFinite { what: format!("`{}`", spec.name), value: format!("{v}"), step, origin });
+            return Err(RunError::NonFinite { what: format!("`{}`", spec.name), value: format!("{v}"), step, origin, kept: String::new() });
         }
     }
     Ok(())

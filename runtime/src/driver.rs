@@ -474,8 +474,11 @@ pub fn run_monitors(engine: &mut dyn Engine, state: &mut State, info: &RunInfo, 
 /// Keeps the last state that passed the NaN/Inf check, so a diverging run can leave it behind.
 #[derive(Default)]
 struct FiniteGuard {
-    good: Option<(Vec<(usize, Vec<f64>)>, Position)>,
+    good: Option<(Snapshot, Position)>,
 }
+
+/// Copies of the persistent buffers: (buffer, values).
+type Snapshot = Vec<(usize, Vec<f64>)>;
 
 impl FiniteGuard {
     /// Checks the state; on success remembers it (when there is an output directory), on

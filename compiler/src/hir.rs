@@ -449,6 +449,8 @@ pub enum ExprKind {
     Grad {
         loss: Box<Expr>,
         wrt: PathId,
+        /// The synapse state differentiated (through the pathway's effective weight).
+        var: VarId,
     },
     /// `t`: the iteration of the innermost repeated phase times `dt`.
     Time {
@@ -670,7 +672,8 @@ impl Circuit {
 // Stable text form (`circ ir --stage hir`)
 
 impl Circuit {
-    fn expr_text(&self, e: &Expr) -> String {
+    /// The expression as text (stable: used to identify equal expressions).
+    pub fn expr_text(&self, e: &Expr) -> String {
         match &e.kind {
             ExprKind::Const(c) => format!("{c}"),
             ExprKind::Var { pop, var, role } => match role {
@@ -708,7 +711,9 @@ impl Circuit {
             ExprKind::Rand(k) => if *k == RandKind::Uniform { "rand()" } else { "randn()" }.to_string(),
             ExprKind::Time { .. } => "t".to_string(),
             ExprKind::CrossEntropy { logits, target } => format!("cross_entropy({}, {})", self.expr_text(logits), self.expr_text(target)),
-            ExprKind::Grad { loss, wrt } => format!("grad({}, {})", self.expr_text(loss), self.paths[*wrt].name),
+            ExprKind::Grad { loss, wrt, var } => {
+                format!("grad({}, {}.{})", self.expr_text(loss), self.paths[*wrt].name, self.paths[*wrt].syn[*var].name)
+            }
             ExprKind::Angle(a, b) => format!("angle({}, {})", self.expr_text(a), self.expr_text(b)),
             ExprKind::MatStat { kind, path, var } => {
                 format!("{}({}.{})", kind.name(), self.paths[*path].name, self.paths[*path].syn[*var].name)

@@ -6,6 +6,7 @@
 //! `interp` (reference interpreter over LIR) and `codegen` (LIR → Cranelift JIT).
 
 pub mod ast;
+pub mod autodiff;
 pub mod check;
 pub mod codegen;
 pub mod diag;

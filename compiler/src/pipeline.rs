@@ -19,9 +19,11 @@ pub enum EngineKind {
     Interp,
 }
 
-/// Lowers a checked circuit for training with `batch` samples per step.
+/// Lowers a checked circuit for training with `batch` samples per step (expanding `grad`
+/// first).
 pub fn lower(c: &Circuit, batch: usize) -> Result<Program, Vec<Diagnostic>> {
-    lower::lower(c, batch)
+    let c = crate::autodiff::expand(c)?;
+    lower::lower(&c, batch)
 }
 
 /// What the driver needs to know about a program.

@@ -1602,7 +1602,7 @@ impl Resolver<'_> {
                     "spectral_radius" => MatStatKind::SpectralRadius,
                     "effective_rank" => MatStatKind::EffectiveRank,
                     "histogram" => MatStatKind::Histogram,
-                    _ => return Some(Expr { kind: ExprKind::Grad { loss: Box::new(a.pop().expect("two")), wrt: path }, span }),
+                    _ => return Some(Expr { kind: ExprKind::Grad { loss: Box::new(a.pop().expect("two")), wrt: path, var }, span }),
                 };
                 ExprKind::MatStat { kind, path, var }
             }

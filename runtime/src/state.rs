@@ -5,8 +5,8 @@
 //! Invariants: a buffer's length is `rows × cols` where batch-shaped buffers have
 //! `max_batch` rows; buffers never move or resize after creation (compiled code keeps raw
 //! pointers to them for the duration of a call); initialisation draws from one ChaCha8
-//! stream per buffer, seeded from (seed, buffer index), so adding a buffer never changes the
-//! values of the others.
+//! stream per buffer, seeded from (seed, buffer name), so adding a buffer never changes the
+//! values of the others, and programs that share a pathway name start it identically.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -133,7 +133,7 @@ pub fn bytes_needed(specs: &[BufSpec], max_batch: usize, precision: Precision) -
 impl State {
     /// Allocates and initialises every buffer.
     pub fn new(specs: &[BufSpec], max_batch: usize, precision: Precision, seed: u64) -> State {
-        let values: Vec<Vec<f64>> = specs.iter().enumerate().map(|(i, s)| init_values(s, max_batch, seed, i as u64)).collect();
+        let values: Vec<Vec<f64>> = specs.iter().map(|s| init_values(s, max_batch, seed, name_key(&s.name))).collect();
         let data = match precision {
             Precision::F32 => Data::F32(values.into_iter().map(|v| v.into_iter().map(|x| x as f32).collect()).collect()),
             Precision::F64 => Data::F64(values),
@@ -210,16 +210,22 @@ impl State {
     }
 }
 
+/// A stable 64-bit key of a buffer name (FNV-1a): the random stream of a buffer depends on its
+/// name, so two programs that declare `W1` draw the same initial `W1` from the same seed.
+fn name_key(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
 /// The initial values of one buffer, in f64.
-fn init_values(s: &BufSpec, max_batch: usize, seed: u64, index: u64) -> Vec<f64> {
+fn init_values(s: &BufSpec, max_batch: usize, seed: u64, key: u64) -> Vec<f64> {
     let rows = s.rows(max_batch);
     let n = rows * s.cols;
     match s.init {
         BufInit::Zero => vec![0.0; n],
         BufInit::Const(c) => vec![c; n],
         BufInit::Law { law, scale } => {
-            // One independent stream per buffer: the seed mixed with the buffer's index.
-            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            // One independent stream per buffer: the seed mixed with the buffer's name.
+            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ key.wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let mut v = sample_law(law, rows, s.cols, &mut rng);
             for x in &mut v {
                 *x *= scale;
@@ -311,16 +317,16 @@ mod tests {
 
     #[test]
     fn same_seed_same_values_and_independent_streams() {
-        let specs = vec![spec(Law::Uniform(-1.0, 1.0), 4, 5), spec(Law::Normal(0.0, 1.0), 3, 3)];
+        let mut specs = vec![spec(Law::Uniform(-1.0, 1.0), 4, 5), spec(Law::Normal(0.0, 1.0), 3, 3)];
+        specs[1].name = "v".into();
         let a = State::new(&specs, 1, Precision::F32, 7);
         let b = State::new(&specs, 1, Precision::F32, 7);
         assert_eq!(a.data, b.data);
         let c = State::new(&specs, 1, Precision::F32, 8);
         assert_ne!(a.data, c.data);
-        // Adding a buffer in front does not change the values of the second one's stream
-        // relative to its own index.
+        // Streams follow names: dropping the first buffer leaves the second one's values.
         let only_second = State::new(&specs[1..], 1, Precision::F32, 7);
-        assert_ne!(only_second.get(0), a.get(1), "streams are per index, so a shift changes them");
+        assert_eq!(only_second.get(0), a.get(1));
     }
 
     #[test]

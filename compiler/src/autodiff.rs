@@ -1,0 +1,655 @@
+//! Automatic differentiation: `grad(L, W.v)` in reverse mode, as an HIR → HIR rewrite.
+//!
+//! Input: a checked circuit whose rules or monitors contain `grad(L, W.v)`.
+//! Output: an equivalent circuit without `grad`: for every distinct loss `L` a backward phase
+//! `__grad_k` is appended after the forward phases, computing adjoint variables of the
+//! neurons `L` depends on (`P.__adj_k_x`); each `grad(L, W.v)` becomes the synapse expression
+//! `Σ post.g ⊗ pre.x ⊙ ∂weight/∂v` built from them. Lowering then treats it like any rule: a
+//! batch of per-sample gradients becomes one batched outer product, averaged over the batch.
+//! Invariants:
+//! - Runs after the locality analysis (the generated statements read weights backwards, which
+//!   is exactly why `grad` is non-local) and before lowering; the generated phase runs only in
+//!   training (evaluation stops at the readout).
+//! - Derivatives of every built-in are in [`partial`], shared with forward mode.
+//! - Supported forward programs: straight-line phases (no `repeat`), each neuron variable on
+//!   the path to `L` assigned once with `=`, outside `when`. Anything else is refused with a
+//!   diagnostic at the statement (`circ::grad::unsupported`), never differentiated wrongly.
+
+use crate::ast::{AssignOp, BinOp, UnOp};
+use crate::diag::{Diagnostic, Span};
+use crate::hir::*;
+use std::collections::{HashMap, HashSet};
+
+/// Expands every `grad(...)` of a checked circuit. Returns the circuit unchanged when it has
+/// none.
+pub fn expand(c: &Circuit) -> Result<Circuit, Vec<Diagnostic>> {
+    let requests = collect(c);
+    if requests.is_empty() {
+        return Ok(c.clone());
+    }
+    let mut out = c.clone();
+    let mut diags = Vec::new();
+    // One backward pass per distinct loss expression (identified by its text).
+    let mut losses: Vec<(String, Expr)> = Vec::new();
+    for r in &requests {
+        let key = c.expr_text(&r.loss);
+        if !losses.iter().any(|(k, _)| *k == key) {
+            losses.push((key, r.loss.clone()));
+        }
+    }
+    let mut rewrites: HashMap<(String, PathId, VarId), Expr> = HashMap::new();
+    for (k, (key, loss)) in losses.iter().enumerate() {
+        let wrt: HashSet<(PathId, VarId)> = requests.iter().filter(|r| c.expr_text(&r.loss) == *key).map(|r| (r.wrt, r.var)).collect();
+        match Backward::run(c, &mut out, k, loss, &wrt) {
+            Ok(map) => {
+                for ((p, v), e) in map {
+                    rewrites.insert((key.clone(), p, v), e);
+                }
+            }
+            Err(d) => diags.extend(d),
+        }
+    }
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    // Replace each grad node by its expression.
+    let replace = |e: &mut Expr| replace_grads(c, e, &rewrites);
+    for pl in &mut out.plasticity {
+        for b in &mut pl.body {
+            for s in &mut b.stmts {
+                stmt_exprs_mut(s, &mut |e| replace(e));
+            }
+        }
+    }
+    for m in &mut out.monitors {
+        replace(&mut m.expr);
+    }
+    Ok(out)
+}
+
+struct Request {
+    loss: Expr,
+    wrt: PathId,
+    var: VarId,
+}
+
+fn collect(c: &Circuit) -> Vec<Request> {
+    let mut out = Vec::new();
+    let mut visit = |e: &Expr| {
+        e.walk(&mut |x| {
+            if let ExprKind::Grad { loss, wrt, var } = &x.kind {
+                out.push(Request { loss: (**loss).clone(), wrt: *wrt, var: *var });
+            }
+        })
+    };
+    for pl in &c.plasticity {
+        for b in &pl.body {
+            for s in &b.stmts {
+                s.walk(&mut |st| match &st.kind {
+                    StmtKind::Assign { value, .. } | StmtKind::Ode { value, .. } => visit(value),
+                    StmtKind::When { cond, .. } => visit(cond),
+                });
+            }
+        }
+    }
+    for m in &c.monitors {
+        visit(&m.expr);
+    }
+    out
+}
+
+fn replace_grads(c: &Circuit, e: &mut Expr, rewrites: &HashMap<(String, PathId, VarId), Expr>) {
+    if let ExprKind::Grad { loss, wrt, var } = &e.kind {
+        let key = (c.expr_text(loss), *wrt, *var);
+        if let Some(r) = rewrites.get(&key) {
+            *e = r.clone();
+            return;
+        }
+    }
+    match &mut e.kind {
+        ExprKind::Transmit { arg, .. } | ExprKind::Unary { arg, .. } | ExprKind::Reduce { arg, .. } | ExprKind::Softmax(arg) => {
+            replace_grads(c, arg, rewrites)
+        }
+        ExprKind::Binary { lhs, rhs, .. } | ExprKind::CrossEntropy { logits: lhs, target: rhs } | ExprKind::Angle(lhs, rhs) => {
+            replace_grads(c, lhs, rewrites);
+            replace_grads(c, rhs, rewrites);
+        }
+        ExprKind::Call { args, .. } => args.iter_mut().for_each(|a| replace_grads(c, a, rewrites)),
+        _ => {}
+    }
+}
+
+fn stmt_exprs_mut(s: &mut Stmt, f: &mut dyn FnMut(&mut Expr)) {
+    match &mut s.kind {
+        StmtKind::Assign { value, .. } | StmtKind::Ode { value, .. } => f(value),
+        StmtKind::When { cond, then, els } => {
+            f(cond);
+            for x in then.iter_mut().chain(els.iter_mut()) {
+                stmt_exprs_mut(x, f);
+            }
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Smart constructors: build derivative expressions without trivial terms.
+
+fn cst(v: f64, span: Span) -> Expr {
+    Expr::constant(v, span)
+}
+
+fn is_const(e: &Expr, v: f64) -> bool {
+    matches!(e.kind, ExprKind::Const(c) if c == v)
+}
+
+fn bin(op: BinOp, a: Expr, b: Expr) -> Expr {
+    let span = a.span;
+    if let (ExprKind::Const(x), ExprKind::Const(y)) = (&a.kind, &b.kind) {
+        let v = match op {
+            BinOp::Add => Some(x + y),
+            BinOp::Sub => Some(x - y),
+            BinOp::Mul => Some(x * y),
+            BinOp::Div if *y != 0.0 => Some(x / y),
+            _ => None,
+        };
+        if let Some(v) = v {
+            return cst(v, span);
+        }
+    }
+    match op {
+        BinOp::Add if is_const(&a, 0.0) => return b,
+        BinOp::Add | BinOp::Sub if is_const(&b, 0.0) => return a,
+        BinOp::Mul if is_const(&a, 0.0) || is_const(&b, 0.0) => return cst(0.0, span),
+        BinOp::Mul if is_const(&a, 1.0) => return b,
+        BinOp::Mul | BinOp::Div if is_const(&b, 1.0) => return a,
+        BinOp::Sub if is_const(&a, 0.0) => return neg(b),
+        _ => {}
+    }
+    Expr { kind: ExprKind::Binary { op, lhs: Box::new(a), rhs: Box::new(b) }, span }
+}
+
+fn add(a: Expr, b: Expr) -> Expr {
+    bin(BinOp::Add, a, b)
+}
+fn sub(a: Expr, b: Expr) -> Expr {
+    bin(BinOp::Sub, a, b)
+}
+fn mul(a: Expr, b: Expr) -> Expr {
+    bin(BinOp::Mul, a, b)
+}
+fn div(a: Expr, b: Expr) -> Expr {
+    bin(BinOp::Div, a, b)
+}
+fn neg(a: Expr) -> Expr {
+    if let ExprKind::Const(c) = a.kind {
+        return cst(-c, a.span);
+    }
+    let span = a.span;
+    Expr { kind: ExprKind::Unary { op: UnOp::Neg, arg: Box::new(a) }, span }
+}
+fn call(func: Func, args: Vec<Expr>, span: Span) -> Expr {
+    Expr { kind: ExprKind::Call { func, args }, span }
+}
+fn cmp(op: BinOp, a: Expr, b: Expr) -> Expr {
+    let span = a.span;
+    Expr { kind: ExprKind::Binary { op, lhs: Box::new(a), rhs: Box::new(b) }, span }
+}
+fn reduce(op: ReduceOp, arg: Expr) -> Expr {
+    let span = arg.span;
+    Expr { kind: ExprKind::Reduce { op, axis: Axis::All, arg: Box::new(arg) }, span }
+}
+fn softmax(arg: Expr) -> Expr {
+    let span = arg.span;
+    Expr { kind: ExprKind::Softmax(Box::new(arg)), span }
+}
+
+/// ∂f(args)/∂args[i], as an expression of the arguments (every built-in's derivative).
+/// Non-differentiable points take the derivative of the left limit (relu'(0) = 0); step,
+/// sign and floor have zero derivative.
+pub fn partial(f: Func, args: &[Expr], i: usize, span: Span) -> Expr {
+    let x = args[0].clone();
+    let one = || cst(1.0, span);
+    match (f, i) {
+        (Func::Relu, 0) => call(Func::Step, vec![x], span),
+        (Func::LeakyRelu, 0) => {
+            let s = args.get(1).cloned().unwrap_or(cst(circ_runtime::math::LEAKY_SLOPE, span));
+            call(Func::Select, vec![cmp(BinOp::Gt, x, cst(0.0, span)), one(), s], span)
+        }
+        (Func::LeakyRelu, 1) => call(Func::Select, vec![cmp(BinOp::Gt, x.clone(), cst(0.0, span)), cst(0.0, span), x], span),
+        (Func::Step | Func::Sign | Func::Floor, _) => cst(0.0, span),
+        (Func::Abs, 0) => call(Func::Sign, vec![x], span),
+        (Func::Exp, 0) => call(Func::Exp, vec![x], span),
+        (Func::Log, 0) => div(one(), x),
+        (Func::Sqrt, 0) => div(cst(0.5, span), call(Func::Sqrt, vec![x], span)),
+        (Func::Tanh, 0) => {
+            let t = call(Func::Tanh, vec![x], span);
+            sub(one(), mul(t.clone(), t))
+        }
+        (Func::Sigmoid, 0) => {
+            let s = call(Func::Sigmoid, vec![x], span);
+            mul(s.clone(), sub(one(), s))
+        }
+        (Func::Softplus, 0) => {
+            // d/dx log(1+e^{βx})/β = σ(βx).
+            let beta = args.get(1).cloned().unwrap_or(one());
+            call(Func::Sigmoid, vec![mul(beta, x)], span)
+        }
+        (Func::Softplus, 1) => {
+            // d/dβ [sp(βx)/β] = x σ(βx)/β − softplus(x, β)/β.
+            let beta = args[1].clone();
+            let sig = call(Func::Sigmoid, vec![mul(beta.clone(), x.clone())], span);
+            sub(div(mul(x.clone(), sig), beta.clone()), div(call(Func::Softplus, vec![x, beta.clone()], span), beta))
+        }
+        (Func::Gelu, 0) => {
+            // GELU (tanh form): 0.5 x (1 + tanh(u)), u = c (x + 0.044715 x³).
+            let c = (2.0 / std::f64::consts::PI).sqrt();
+            let x3 = mul(mul(x.clone(), x.clone()), x.clone());
+            let u = mul(cst(c, span), add(x.clone(), mul(cst(0.044715, span), x3)));
+            let t = call(Func::Tanh, vec![u], span);
+            let du = mul(cst(c, span), add(one(), mul(cst(3.0 * 0.044715, span), mul(x.clone(), x.clone()))));
+            add(mul(cst(0.5, span), add(one(), t.clone())), mul(mul(cst(0.5, span), x), mul(sub(one(), mul(t.clone(), t)), du)))
+        }
+        (Func::Sin, 0) => call(Func::Cos, vec![x], span),
+        (Func::Cos, 0) => neg(call(Func::Sin, vec![x], span)),
+        (Func::Min, 0) => cmp(BinOp::Lt, x, args[1].clone()),
+        (Func::Min, 1) => cmp(BinOp::Ge, x, args[1].clone()),
+        (Func::Max, 0) => cmp(BinOp::Gt, x, args[1].clone()),
+        (Func::Max, 1) => cmp(BinOp::Le, x, args[1].clone()),
+        (Func::Clip, 0) => mul(cmp(BinOp::Gt, x.clone(), args[1].clone()), cmp(BinOp::Lt, x, args[2].clone())),
+        (Func::Clip, 1) => cmp(BinOp::Le, x, args[1].clone()),
+        (Func::Clip, 2) => cmp(BinOp::Ge, x, args[2].clone()),
+        (Func::Select, 1) => call(Func::Select, vec![x, one(), cst(0.0, span)], span),
+        (Func::Select, 2) => call(Func::Select, vec![x, cst(0.0, span), one()], span),
+        (Func::Select, 0) => cst(0.0, span),
+        (Func::Pow, 0) => {
+            let y = args[1].clone();
+            mul(y.clone(), bin(BinOp::Pow, x, sub(y, one())))
+        }
+        (Func::Pow, 1) => mul(call(Func::Log, vec![x.clone()], span), bin(BinOp::Pow, x, args[1].clone())),
+        _ => cst(0.0, span),
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// The reverse sweep.
+
+/// A place that receives adjoint contributions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Node {
+    Var(PopId, VarId),
+    Signal(SignalId),
+}
+
+struct Backward<'a> {
+    c: &'a Circuit,
+    out: &'a mut Circuit,
+    k: usize,
+    span: Span,
+    /// Adjoint contributions not yet summed, per node.
+    pending: HashMap<Node, Vec<Expr>>,
+    /// Statements of the backward phase, in order.
+    stmts: Vec<Stmt>,
+    /// Per pathway: the (post factor, pre factor) pairs of ∂L/∂(effective weight).
+    weight_terms: HashMap<PathId, Vec<(Expr, Expr)>>,
+    wanted: HashSet<PathId>,
+    fresh: usize,
+    diags: Vec<Diagnostic>,
+}
+
+impl<'a> Backward<'a> {
+    fn run(
+        c: &'a Circuit,
+        out: &'a mut Circuit,
+        k: usize,
+        loss: &Expr,
+        wrt: &HashSet<(PathId, VarId)>,
+    ) -> Result<Vec<((PathId, VarId), Expr)>, Vec<Diagnostic>> {
+        let wanted: HashSet<PathId> = wrt.iter().map(|(p, _)| *p).collect();
+        let mut b = Backward {
+            c,
+            out,
+            k,
+            span: loss.span,
+            pending: HashMap::new(),
+            stmts: Vec::new(),
+            weight_terms: HashMap::new(),
+            wanted,
+            fresh: 0,
+            diags: Vec::new(),
+        };
+        // The forward program: every phase statement, in order.
+        let mut fwd: Vec<&Stmt> = Vec::new();
+        for ph in &c.phases {
+            for s in &ph.body {
+                fwd.push(s);
+            }
+        }
+        b.validate(&fwd, loss);
+        if !b.diags.is_empty() {
+            return Err(b.diags);
+        }
+        // Seed: ∂L/∂L = 1, then back through L's own expression.
+        b.back(loss, cst(1.0, loss.span));
+        for s in fwd.iter().rev() {
+            if let StmtKind::Assign { target, value, .. } = &s.kind {
+                let node = match *target {
+                    Target::Var { pop, var } => Node::Var(pop, var),
+                    Target::Signal(sig) => Node::Signal(sig),
+                    Target::Syn { .. } => continue,
+                };
+                let Some(contribs) = b.pending.remove(&node) else { continue };
+                let adj = b.define_adjoint(node, contribs, s.span);
+                b.back(value, adj);
+            }
+        }
+        if !b.diags.is_empty() {
+            return Err(b.diags);
+        }
+        let phase = Phase { name: format!("__grad_{k}"), repeat: 1, body: std::mem::take(&mut b.stmts), span: loss.span };
+        b.out.phases.push(phase);
+        // ∂L/∂v = Σ post ⊗ pre, times ∂(effective weight)/∂v.
+        let mut result = Vec::new();
+        for &(p, v) in wrt {
+            let terms = b.weight_terms.get(&p).cloned().unwrap_or_default();
+            let mut g: Option<Expr> = None;
+            for (post, pre) in terms {
+                let t = mul(post, pre);
+                g = Some(match g {
+                    None => t,
+                    Some(acc) => add(acc, t),
+                });
+            }
+            let g = g.unwrap_or(cst(0.0, loss.span));
+            let dweight = match &c.paths[p].weight {
+                None => cst(if v == 0 { 1.0 } else { 0.0 }, loss.span),
+                Some(w) => forward_deriv(w, &|e| matches!(e.kind, ExprKind::Syn { path, var, transposed: false } if path == p && var == v)),
+            };
+            result.push(((p, v), mul(g, dweight)));
+        }
+        Ok(result)
+    }
+
+    /// Refuses forward programs this reverse sweep cannot differentiate exactly.
+    fn validate(&mut self, fwd: &[&Stmt], loss: &Expr) {
+        let c = self.c;
+        let mut assigned: HashMap<Target, Span> = HashMap::new();
+        for ph in &c.phases {
+            if ph.repeat > 1 {
+                let d = Diagnostic::error("circ::grad::unsupported", ph.span, format!("grad() through the repeated phase `{}` is not supported yet", ph.name))
+                    .label("a time loop")
+                    .with(loss.span, "differentiated here")
+                    .help("backpropagation through time is not implemented yet; unroll the loop with `for` or differentiate a non-recurrent circuit");
+                self.diags.push(d);
+                return;
+            }
+        }
+        for s in fwd {
+            match &s.kind {
+                StmtKind::Assign { target, op, .. } => {
+                    if let Some(prev) = assigned.insert(*target, s.span) {
+                        let d = Diagnostic::error(
+                            "circ::grad::unsupported",
+                            s.span,
+                            format!("grad() through `{}`, which is assigned twice, is not supported yet", c.target_name(*target)),
+                        )
+                        .label("second assignment")
+                        .with(prev, "first assignment")
+                        .help("compute the value into a new variable instead of overwriting it");
+                        self.diags.push(d);
+                    } else if *op != AssignOp::Set {
+                        let d = Diagnostic::error(
+                            "circ::grad::unsupported",
+                            s.span,
+                            format!("grad() through `{}` updated with `{}`", c.target_name(*target), op.text()),
+                        )
+                        .label("an update of a value from the last step")
+                        .help("write it with `=` from values of this step");
+                        self.diags.push(d);
+                    }
+                }
+                StmtKind::Ode { .. } | StmtKind::When { .. } => {
+                    let d = Diagnostic::error(
+                        "circ::grad::unsupported",
+                        s.span,
+                        "grad() through differential equations and `when` is not supported yet",
+                    )
+                    .label("not differentiated")
+                    .with(loss.span, "differentiated here")
+                    .help("differentiate a circuit of plain `=` equations");
+                    self.diags.push(d);
+                }
+            }
+        }
+    }
+
+    fn fresh_name(&mut self, what: &str) -> String {
+        self.fresh += 1;
+        format!("__{what}_{}_{}", self.k, self.fresh)
+    }
+
+    /// Adds a per-step variable to a population of the output circuit.
+    fn new_var(&mut self, pop: PopId, what: &str) -> VarId {
+        let name = self.fresh_name(what);
+        let p = &mut self.out.pops[pop];
+        p.vars.push(Var { name, state: false, init: 0.0, span: self.span });
+        p.vars.len() - 1
+    }
+
+    fn new_signal(&mut self, what: &str) -> SignalId {
+        let name = self.fresh_name(what);
+        self.out.signals.push(Signal { name, state: false, init: 0.0, span: self.span });
+        self.out.signals.len() - 1
+    }
+
+    fn emit(&mut self, target: Target, value: Expr) {
+        self.stmts.push(Stmt { kind: StmtKind::Assign { target, op: AssignOp::Set, value }, span: self.span, via: None });
+    }
+
+    /// Materialises an expression living on population `pop` as a new variable.
+    fn store(&mut self, pop: PopId, what: &str, value: Expr) -> Expr {
+        if let ExprKind::Var { .. } = value.kind {
+            return value;
+        }
+        let var = self.new_var(pop, what);
+        self.emit(Target::Var { pop, var }, value);
+        Expr { kind: ExprKind::Var { pop, var, role: Role::Direct }, span: self.span }
+    }
+
+    fn store_scalar(&mut self, what: &str, value: Expr) -> Expr {
+        if matches!(value.kind, ExprKind::Signal(_) | ExprKind::Const(_)) {
+            return value;
+        }
+        let s = self.new_signal(what);
+        self.emit(Target::Signal(s), value);
+        Expr { kind: ExprKind::Signal(s), span: self.span }
+    }
+
+    /// Sums a node's contributions into one adjoint variable.
+    fn define_adjoint(&mut self, node: Node, contribs: Vec<Expr>, _span: Span) -> Expr {
+        let mut it = contribs.into_iter();
+        let first = it.next().unwrap_or(cst(0.0, self.span));
+        let sum = it.fold(first, add);
+        match node {
+            Node::Var(pop, _) => self.store(pop, "adj", sum),
+            Node::Signal(_) => self.store_scalar("adj", sum),
+        }
+    }
+
+    /// The population an expression's values live on (None for scalars).
+    fn pop_of(&self, e: &Expr) -> Option<PopId> {
+        let c = self.c;
+        let mut found = None;
+        e.walk(&mut |x| {
+            if found.is_some() {
+                return;
+            }
+            match &x.kind {
+                ExprKind::Var { pop, .. } => {
+                    found = Some(match c.pops[*pop].kind {
+                        PopKind::Target { root } => root,
+                        _ => *pop,
+                    })
+                }
+                ExprKind::Transmit { path, transpose, .. } => {
+                    found = Some(if *transpose { c.paths[*path].pre } else { c.paths[*path].post })
+                }
+                _ => {}
+            }
+        });
+        match e.kind {
+            ExprKind::Reduce { .. } | ExprKind::CrossEntropy { .. } => None,
+            _ => found,
+        }
+    }
+
+    /// Propagates the adjoint `a` of expression `e` to the nodes it reads.
+    fn back(&mut self, e: &Expr, a: Expr) {
+        if is_const(&a, 0.0) {
+            return;
+        }
+        let span = e.span;
+        match &e.kind {
+            ExprKind::Const(_) | ExprKind::Meta(_) | ExprKind::Rand(_) | ExprKind::Time { .. } => {}
+            ExprKind::Var { pop, var, .. } => {
+                if matches!(self.c.pops[*pop].kind, PopKind::Neurons) {
+                    self.pending.entry(Node::Var(*pop, *var)).or_default().push(a);
+                }
+            }
+            ExprKind::Signal(s) => self.pending.entry(Node::Signal(*s)).or_default().push(a),
+            ExprKind::Unary { op: UnOp::Neg, arg } => self.back(arg, neg(a)),
+            ExprKind::Unary { op: UnOp::Not, .. } => {}
+            ExprKind::Binary { op, lhs, rhs } => match op {
+                BinOp::Add => {
+                    self.back(lhs, a.clone());
+                    self.back(rhs, a);
+                }
+                BinOp::Sub => {
+                    self.back(lhs, a.clone());
+                    self.back(rhs, neg(a));
+                }
+                BinOp::Mul => {
+                    self.back(lhs, mul(a.clone(), (**rhs).clone()));
+                    self.back(rhs, mul(a, (**lhs).clone()));
+                }
+                BinOp::Div => {
+                    self.back(lhs, div(a.clone(), (**rhs).clone()));
+                    let q = div((**lhs).clone(), mul((**rhs).clone(), (**rhs).clone()));
+                    self.back(rhs, neg(mul(a, q)));
+                }
+                BinOp::Pow => {
+                    let args = [(**lhs).clone(), (**rhs).clone()];
+                    self.back(lhs, mul(a.clone(), partial(Func::Pow, &args, 0, span)));
+                    if !matches!(rhs.kind, ExprKind::Const(_)) {
+                        self.back(rhs, mul(a, partial(Func::Pow, &args, 1, span)));
+                    }
+                }
+                // Comparisons and logic are piecewise constant.
+                _ => {}
+            },
+            ExprKind::Call { func, args } => {
+                for i in 0..args.len() {
+                    let d = partial(*func, args, i, span);
+                    self.back(&args[i], mul(a.clone(), d));
+                }
+            }
+            ExprKind::Transmit { path, transpose, arg } => {
+                let p = &self.c.paths[*path];
+                let (receiver, sender) = if *transpose { (p.pre, p.post) } else { (p.post, p.pre) };
+                // Keep the adjoint at the receiver as a variable: it is used twice.
+                let am = self.store(receiver, "adjin", a);
+                if self.wanted.contains(path) {
+                    let x = self.store(sender, "x", (**arg).clone());
+                    // ∂L/∂W_ij = (adjoint at post i)(value at pre j) for W(x); transposed for Wᵀ.
+                    let (post, pre) = if *transpose { (x, am.clone()) } else { (am.clone(), x) };
+                    self.weight_terms.entry(*path).or_default().push((with_role(post, Role::Post), with_role(pre, Role::Pre)));
+                }
+                let back = Expr { kind: ExprKind::Transmit { path: *path, transpose: !transpose, arg: Box::new(am) }, span };
+                self.back(arg, back);
+            }
+            ExprKind::Reduce { op, axis: Axis::All, arg } => {
+                let a = self.store_scalar("adjr", a);
+                match op {
+                    ReduceOp::Sum => self.back(arg, a),
+                    ReduceOp::Mean => {
+                        let n = self.pop_of(arg).map(|p| self.c.pops[p].size).unwrap_or(1) as f64;
+                        self.back(arg, div(a, cst(n, span)));
+                    }
+                    ReduceOp::Max | ReduceOp::Min => {
+                        let m = reduce(*op, (**arg).clone());
+                        self.back(arg, mul(a, cmp(BinOp::Eq, (**arg).clone(), m)));
+                    }
+                    ReduceOp::Norm => {
+                        let n = reduce(ReduceOp::Norm, (**arg).clone());
+                        self.back(arg, mul(a, div((**arg).clone(), n)));
+                    }
+                    ReduceOp::LogSumExp => self.back(arg, mul(a, softmax((**arg).clone()))),
+                }
+            }
+            ExprKind::Softmax(arg) => {
+                // ∂L/∂x = s ⊙ (a − Σ a ⊙ s).
+                let pop = self.pop_of(arg).unwrap_or(0);
+                let s = self.store(pop, "sm", softmax((**arg).clone()));
+                let a = self.store(pop, "adjs", a);
+                let dot = reduce(ReduceOp::Sum, mul(a.clone(), s.clone()));
+                self.back(arg, mul(s, sub(a, dot)));
+            }
+            ExprKind::CrossEntropy { logits, target } => {
+                let a = self.store_scalar("adjce", a);
+                self.back(logits, mul(a.clone(), sub(softmax((**logits).clone()), (**target).clone())));
+                self.back(target, mul(a, neg((**logits).clone())));
+            }
+            ExprKind::Reduce { .. } | ExprKind::Syn { .. } | ExprKind::Grad { .. } | ExprKind::Angle(..) | ExprKind::MatStat { .. } => {
+                let d = Diagnostic::error("circ::grad::unsupported", span, "grad() cannot differentiate through this expression yet")
+                    .label("not differentiable here")
+                    .help("grad() follows neuron equations, transmissions, reductions over populations, softmax and cross-entropy");
+                self.diags.push(d);
+            }
+        }
+    }
+}
+
+/// Re-labels the neuron variable of a factor with its role in the pathway's rule.
+fn with_role(e: Expr, role: Role) -> Expr {
+    match e.kind {
+        ExprKind::Var { pop, var, .. } => Expr { kind: ExprKind::Var { pop, var, role }, span: e.span },
+        _ => e,
+    }
+}
+
+/// Symbolic forward-mode derivative of an elementwise expression with respect to the leaves
+/// selected by `is_x` (used for effective weights: ∂(m·w_bp + (1−m)·w_hebb)/∂w_bp = m).
+pub fn forward_deriv(e: &Expr, is_x: &dyn Fn(&Expr) -> bool) -> Expr {
+    let span = e.span;
+    if is_x(e) {
+        return cst(1.0, span);
+    }
+    match &e.kind {
+        ExprKind::Unary { op: UnOp::Neg, arg } => neg(forward_deriv(arg, is_x)),
+        ExprKind::Binary { op, lhs, rhs } => {
+            let (dl, dr) = (forward_deriv(lhs, is_x), forward_deriv(rhs, is_x));
+            let (l, r) = ((**lhs).clone(), (**rhs).clone());
+            match op {
+                BinOp::Add => add(dl, dr),
+                BinOp::Sub => sub(dl, dr),
+                BinOp::Mul => add(mul(dl, r), mul(l, dr)),
+                BinOp::Div => sub(div(dl, r.clone()), div(mul(l, dr), mul(r.clone(), r))),
+                BinOp::Pow => {
+                    let args = [l, r];
+                    add(mul(dl, partial(Func::Pow, &args, 0, span)), mul(dr, partial(Func::Pow, &args, 1, span)))
+                }
+                _ => cst(0.0, span),
+            }
+        }
+        ExprKind::Call { func, args } => {
+            let mut total = cst(0.0, span);
+            for (i, a) in args.iter().enumerate() {
+                let d = forward_deriv(a, is_x);
+                if !is_const(&d, 0.0) {
+                    total = add(total, mul(partial(*func, args, i, span), d));
+                }
+            }
+            total
+        }
+        _ => cst(0.0, span),
+    }
+}

@@ -1,0 +1,143 @@
+//! Automatic differentiation: `grad()` against hand-written backprop and against central
+//! finite differences on generated programs (f64).
+
+mod common;
+
+use circ_compiler::frontend;
+use circ_compiler::lir::Program;
+use circ_compiler::pipeline::{self, EngineKind};
+use circ_compiler::resolve::parse_override;
+use circ_runtime::abi::StepCtx;
+use circ_runtime::driver::{self, Engine, EntryKind, RunConfig};
+use circ_runtime::state::State;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn train_file(file: &str) -> State {
+    let fe = frontend::load_file(&common::root().join(file), &[]).unwrap();
+    let c = fe.ok().unwrap_or_else(|| panic!("{file}: {:?}", fe.diags));
+    let p = pipeline::lower(c, c.experiment.batch).unwrap();
+    let info = pipeline::run_info(&p, &fe.sources);
+    let data = circ_runtime::catalog::load("moons", None, 0).unwrap();
+    let mut state = State::new(&p.buffers, 1000, p.precision, 0);
+    let mut engine = pipeline::engine(p, EngineKind::Jit).unwrap();
+    let cfg = RunConfig { epochs: 3, batch: c.experiment.batch, loss: pipeline::loss(c), ..RunConfig::default() };
+    driver::train(engine.as_mut(), &mut state, &info, Some(&data), &cfg).unwrap();
+    state
+}
+
+#[test]
+fn grad_gives_the_same_updates_as_hand_written_backprop() {
+    let a = train_file("examples/grad/mlp.circ");
+    let b = train_file("examples/grad/mlp_explicit.circ");
+    for name in ["W1.w", "W2.w"] {
+        let (x, y) = (a.get(a.find(name).unwrap()), b.get(b.find(name).unwrap()));
+        for (i, (p, q)) in x.iter().zip(&y).enumerate() {
+            assert!((p - q).abs() <= 1e-6 * p.abs().max(q.abs()) + 1e-9, "{name}[{i}]: grad {p} vs explicit {q}");
+        }
+    }
+}
+
+/// A random smooth elementwise function of `x` (depth ≤ 2) in the language's syntax.
+fn random_fn(rng: &mut ChaCha8Rng, x: &str, depth: u32) -> String {
+    let inner = if depth == 0 { x.to_string() } else { random_fn(rng, x, depth - 1) };
+    match rng.random_range(0..16) {
+        0 => format!("tanh({inner})"),
+        1 => format!("sigmoid({inner})"),
+        2 => format!("softplus({inner}, 2)"),
+        3 => format!("exp(0.3 * {inner})"),
+        4 => format!("({inner}) * ({inner})"),
+        5 => format!("({inner}) / (1 + ({inner}) * ({inner}))"),
+        6 => format!("sqrt(1 + ({inner}) * ({inner}))"),
+        7 => format!("log(1 + ({inner}) * ({inner}))"),
+        8 => format!("gelu({inner})"),
+        9 => format!("sin({inner})"),
+        10 => format!("cos({inner})"),
+        11 => format!("leaky_relu({inner}, 0.2)"),
+        12 => format!("({inner}) ^ 3"),
+        13 => format!("max({inner}, 0.1 * ({inner}))"),
+        14 => format!("-({inner}) + 0.5 * ({inner})"),
+        _ => inner,
+    }
+}
+
+/// A random loss over the output population.
+fn random_loss(rng: &mut ChaCha8Rng) -> &'static str {
+    match rng.random_range(0..6) {
+        0 => "sum(o.q * o.q)",
+        1 => "cross_entropy(o.q, y)",
+        2 => "logsumexp(o.q) + 0.1 * mean(o.q)",
+        3 => "sum(softmax(o.q) * y) + norm(o.q)",
+        4 => "0.5 * sum((o.q - y) * (o.q - y))",
+        _ => "max(o.q) + sum(o.a * o.q)",
+    }
+}
+
+fn program(rng: &mut ChaCha8Rng) -> String {
+    let f1 = random_fn(rng, "h.a", 1);
+    let f2 = random_fn(rng, "o.a", 1);
+    let loss = random_loss(rng);
+    format!(
+        "circuit fd locality nonlocal\nprecision f64\nparam lr = 1\n\
+         input x[3]\npop h[4] {{ a, out r }}\npop o[3] {{ a, q }}\ntarget y[3] at o\nsignal L\n\
+         path W1: x -> h init normal(0, 0.6) plastic\npath W2: h -> o init normal(0, 0.6) plastic\n\
+         phase forward {{\n  h.a = W1(x)\n  h.r = {f1}\n  o.a = W2(h)\n  o.q = {f2}\n  L = {loss}\n}}\n\
+         plasticity sum {{\n  W1.w -= lr * grad(L, W1.w)\n  W2.w -= lr * grad(L, W2.w)\n}}\n\
+         experiment {{ data = none }}\n"
+    )
+}
+
+fn compile(text: &str, lr: f64) -> (Program, Box<dyn Engine>) {
+    let fe = frontend::load_source("fd.circ", text, &[parse_override(&format!("lr={lr}")).unwrap()]);
+    let c = fe.ok().unwrap_or_else(|| panic!("generated program does not check:\n{text}\n{:?}", fe.diags));
+    let p = pipeline::lower(c, 1).unwrap_or_else(|d| panic!("{text}\n{d:?}"));
+    let e = pipeline::engine(p.clone(), EngineKind::Jit).unwrap();
+    (p, e)
+}
+
+/// Loss of one forward pass with the weights in `state` (the lr = 0 program keeps them).
+fn loss_at(p: &Program, e: &mut dyn Engine, state: &mut State) -> f64 {
+    e.run(EntryKind::Train, state, 1, &StepCtx::default());
+    state.at(state.find("L").expect(&p.name), 0)
+}
+
+#[test]
+fn grad_matches_central_finite_differences_on_generated_programs() {
+    let mut checked = 0;
+    for seed in 0..60u64 {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let text = program(&mut rng);
+        let (pg, mut eg) = compile(&text, 1.0);
+        let (p0, mut e0) = compile(&text, 0.0);
+        let mut st = State::new(&pg.buffers, 1, pg.precision, seed);
+        let x: Vec<f32> = (0..3).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let mut y = vec![0.0f32; 3];
+        y[rng.random_range(0..3)] = 1.0;
+        st.set_f32(pg.input.unwrap(), &x);
+        st.set_f32(pg.target.unwrap(), &y);
+        // One step with lr = 1 and batch 1 subtracts exactly dL/dW.
+        let mut stepped = st.clone();
+        eg.run(EntryKind::Train, &mut stepped, 1, &StepCtx::default());
+        for name in ["W1.w", "W2.w"] {
+            let b = st.find(name).unwrap();
+            let w0 = st.get(b);
+            let grad: Vec<f64> = w0.iter().zip(stepped.get(b)).map(|(a, c)| a - c).collect();
+            for i in 0..w0.len() {
+                let h = 1e-5 * w0[i].abs().max(1.0);
+                let mut plus = st.clone();
+                let mut wp = w0.clone();
+                wp[i] += h;
+                plus.set_f64(b, &wp);
+                let mut minus = st.clone();
+                let mut wm = w0.clone();
+                wm[i] -= h;
+                minus.set_f64(b, &wm);
+                let fd = (loss_at(&p0, e0.as_mut(), &mut plus) - loss_at(&p0, e0.as_mut(), &mut minus)) / (2.0 * h);
+                let err = (grad[i] - fd).abs() / grad[i].abs().max(fd.abs()).max(1e-3);
+                assert!(err < 1e-6, "seed {seed}, {name}[{i}]: grad {} vs finite difference {fd} (rel. err {err:e})\n{text}", grad[i]);
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 1000);
+}

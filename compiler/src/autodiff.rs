@@ -512,7 +512,8 @@ impl<'a> Backward<'a> {
         }
         let span = e.span;
         match &e.kind {
-            ExprKind::Const(_) | ExprKind::Meta(_) | ExprKind::Rand(_) | ExprKind::Time { .. } => {}
+            ExprKind::Const(_) | ExprKind::Meta(_) | ExprKind::Rand(_) | ExprKind::Time { .. } | ExprKind::StepCount => {}
+            ExprKind::BatchMean(arg) => self.back(arg, a),
             ExprKind::Var { pop, var, .. } => {
                 if matches!(self.c.pops[*pop].kind, PopKind::Neurons) {
                     self.pending.entry(Node::Var(*pop, *var)).or_default().push(a);

@@ -75,7 +75,8 @@ fn join(c: &Circuit, a: Space, b: Space, ctx: Ctx) -> Result<Space, (Idx, Idx)> 
 pub fn space_of(c: &Circuit, e: &Expr, ctx: Ctx) -> Result<Space, Diagnostic> {
     let scalar = |batched| Space { idx: Idx::Scalar, batched };
     Ok(match &e.kind {
-        ExprKind::Const(_) | ExprKind::Meta(_) | ExprKind::Time { .. } => Space::SCALAR,
+        ExprKind::Const(_) | ExprKind::Meta(_) | ExprKind::Time { .. } | ExprKind::StepCount => Space::SCALAR,
+        ExprKind::BatchMean(arg) => Space { batched: false, ..space_of(c, arg, ctx)? },
         ExprKind::Signal(_) => scalar(true),
         ExprKind::Rand(_) => scalar(true),
         ExprKind::Var { pop, role, .. } => match (ctx, role) {

@@ -574,6 +574,11 @@ impl<'a, 'm> Gen<'a, 'm> {
                 let v = self.inv_nb;
                 self.splat(v, lanes)
             }
+            KExpr::StepCount => {
+                let s1 = self.b.ins().iadd_imm_s(self.step, 1);
+                let f = self.b.ins().fcvt_from_uint(self.ty, s1);
+                self.splat(f, lanes)
+            }
             KExpr::Time(dt) => {
                 // Same arithmetic as the interpreter: float(iter) * dt, in the element type.
                 let it = self.b.use_var(self.iter);

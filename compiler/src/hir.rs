@@ -452,6 +452,11 @@ pub enum ExprKind {
         /// The synapse state differentiated (through the pathway's effective weight).
         var: VarId,
     },
+    /// `batch_mean(x)`: the mean over the batch of a per-sample value (what an optimiser
+    /// needs before squaring a gradient).
+    BatchMean(Box<Expr>),
+    /// `step_count`: training steps so far, this one included (1, 2, ...).
+    StepCount,
     /// `t`: the iteration of the innermost repeated phase times `dt`.
     Time {
         dt: f64,
@@ -488,7 +493,7 @@ impl Expr {
             f(e);
             match &e.kind {
                 ExprKind::Transmit { arg, .. } | ExprKind::Unary { arg, .. } | ExprKind::Reduce { arg, .. } => stack.push(arg),
-                ExprKind::Softmax(a) => stack.push(a),
+                ExprKind::Softmax(a) | ExprKind::BatchMean(a) => stack.push(a),
                 ExprKind::Binary { lhs, rhs, .. } => {
                     stack.push(lhs);
                     stack.push(rhs);
@@ -710,6 +715,8 @@ impl Circuit {
             ExprKind::Softmax(a) => format!("softmax({})", self.expr_text(a)),
             ExprKind::Rand(k) => if *k == RandKind::Uniform { "rand()" } else { "randn()" }.to_string(),
             ExprKind::Time { .. } => "t".to_string(),
+            ExprKind::StepCount => "step_count".to_string(),
+            ExprKind::BatchMean(a) => format!("batch_mean({})", self.expr_text(a)),
             ExprKind::CrossEntropy { logits, target } => format!("cross_entropy({}, {})", self.expr_text(logits), self.expr_text(target)),
             ExprKind::Grad { loss, wrt, var } => {
                 format!("grad({}, {}.{})", self.expr_text(loss), self.paths[*wrt].name, self.paths[*wrt].syn[*var].name)

@@ -244,6 +244,7 @@ fn eval<T: Elem>(p: &Program, e: &KExpr, shape: Shape, bufs: &[Vec<T>], nb: usiz
     match e {
         KExpr::Const(c) => Array2::from_elem((rows, cols), T::of(*c)),
         KExpr::InvBatch => Array2::from_elem((rows, cols), T::one() / T::of(nb as f64)),
+        KExpr::StepCount => Array2::from_elem((rows, cols), T::of((ctx.step + 1) as f64)),
         KExpr::Time(dt) => Array2::from_elem((rows, cols), T::of(ctx.iter as f64) * T::of(*dt)),
         KExpr::Load(b, a) => load(p, *b, *a, shape, bufs),
         KExpr::Unary(op, a) => {

@@ -52,6 +52,8 @@ pub enum KExpr {
     InvBatch,
     /// The iteration of the innermost `Loop` times `dt` (the source's `t`).
     Time(f64),
+    /// Training steps so far, this one included (`step + 1`).
+    StepCount,
 }
 
 impl KExpr {
@@ -425,6 +427,7 @@ fn write_expr(s: &mut String, p: &Program, e: &KExpr) {
             let _ = write!(s, "{}#{id}", if *k == RandKind::Uniform { "rand" } else { "randn" });
         }
         KExpr::InvBatch => s.push_str("(1/nb)"),
+        KExpr::StepCount => s.push_str("step_count"),
         KExpr::Time(dt) => {
             let _ = write!(s, "(iter*{dt})");
         }

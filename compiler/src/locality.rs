@@ -176,7 +176,11 @@ fn children(e: &Expr) -> Vec<&Expr> {
 fn neuron_tier(c: &Circuit, e: &Expr, pop: Option<PopId>) -> Verdict {
     let base = Verdict::new(Tier::Synapse, "scalars", e.span);
     match &e.kind {
-        ExprKind::Const(_) | ExprKind::Meta(_) | ExprKind::Signal(_) | ExprKind::Rand(_) | ExprKind::Time { .. } => base,
+        ExprKind::Const(_) | ExprKind::Meta(_) | ExprKind::Signal(_) | ExprKind::Rand(_) | ExprKind::Time { .. } | ExprKind::StepCount => {
+            base
+        }
+        // A mean over the samples of a batch is a temporal average at the same place.
+        ExprKind::BatchMean(arg) => neuron_tier(c, arg, pop),
         ExprKind::Var { pop: q, .. } => {
             let qp = &c.pops[*q];
             match (&qp.kind, pop) {
@@ -305,9 +309,14 @@ fn syn_tier(c: &Circuit, e: &Expr, pid: PathId) -> Verdict {
     let me = &c.paths[pid];
     let base = Verdict::new(Tier::Synapse, "own synapse, pre, post and scalars", e.span);
     match &e.kind {
-        ExprKind::Const(_) | ExprKind::Meta(_) | ExprKind::Signal(_) | ExprKind::Rand(_) | ExprKind::Time { .. } | ExprKind::Var { .. } => {
-            base
-        }
+        ExprKind::BatchMean(arg) => syn_tier(c, arg, pid),
+        ExprKind::Const(_)
+        | ExprKind::Meta(_)
+        | ExprKind::Signal(_)
+        | ExprKind::Rand(_)
+        | ExprKind::Time { .. }
+        | ExprKind::StepCount
+        | ExprKind::Var { .. } => base,
         ExprKind::Syn { path, transposed, .. } => {
             if *path == pid && !transposed {
                 return base;

@@ -40,6 +40,7 @@ pub fn lower(c: &Circuit, batch: usize) -> Result<Program, Vec<Diagnostic>> {
         diags: Vec::new(),
         origins: Vec::new(),
         snapshot: HashMap::new(),
+        reduced: HashMap::new(),
         temps: 0,
     };
     let mut p = l.run();
@@ -154,6 +155,9 @@ struct Lowerer<'a> {
     origins: Vec<lir::Origin>,
     /// Synapse state read through a pre-block snapshot in the block being lowered.
     snapshot: HashMap<(PathId, VarId), BufId>,
+    /// Batch reductions already computed in the block being lowered (by pathway, expression
+    /// text and mode): `batch_mean(g)` written twice, as optimisers do, costs one GEMM.
+    reduced: HashMap<(PathId, String, bool), KExpr>,
     temps: usize,
 }
 
@@ -484,6 +488,15 @@ impl Lowerer<'_> {
         match &e.kind {
             ExprKind::Const(v) => KExpr::Const(*v),
             ExprKind::Time { dt } => KExpr::Time(*dt),
+            ExprKind::StepCount => KExpr::StepCount,
+            ExprKind::BatchMean(arg) => {
+                // Per neuron: the mean over the batch, the same for every sample.
+                let cols = self.pop_size_of(arg).unwrap_or(1);
+                let x = self.materialize(arg, em);
+                let out = self.temp(Rows::Fixed(1), cols);
+                em.kernel(Kernel::BatchSum { out, src: x, cols, mean: true });
+                KExpr::Load(out, Access::Unit)
+            }
             ExprKind::Var { pop, var, .. } => KExpr::Load(self.var_buf[&(*pop, *var)], Access::Elem),
             ExprKind::Signal(s) => KExpr::Load(self.sig_buf[*s], Access::Sample),
             ExprKind::Meta(m) => KExpr::Load(self.meta_buf[*m], Access::Scalar),
@@ -645,6 +658,7 @@ impl Lowerer<'_> {
             })
             .collect();
         self.snapshot.clear();
+        self.reduced.clear();
         for b in &pl.body {
             for s in &b.stmts {
                 let mut reads = Vec::new();
@@ -757,6 +771,16 @@ impl Lowerer<'_> {
         if self.batch == 1 || !self.is_batched(e, pid) {
             return self.sexpr(e, pid, em);
         }
+        let key = (pid, self.c.expr_text(e), sum);
+        if let Some(k) = self.reduced.get(&key) {
+            return k.clone();
+        }
+        let r = self.batch_reduced_uncached(e, pid, sum, span, em);
+        self.reduced.insert(key, r.clone());
+        r
+    }
+
+    fn batch_reduced_uncached(&mut self, e: &Expr, pid: PathId, sum: bool, span: Span, em: &mut Emit) -> KExpr {
         let c = self.c;
         let p = &c.paths[pid];
         let (rows, cols) = (c.pops[p.post].size, c.pops[p.pre].size);
@@ -862,6 +886,8 @@ impl Lowerer<'_> {
         match &e.kind {
             ExprKind::Const(v) => KExpr::Const(*v),
             ExprKind::Time { dt } => KExpr::Time(*dt),
+            ExprKind::StepCount => KExpr::StepCount,
+            ExprKind::BatchMean(arg) => self.batch_reduced(arg, pid, false, e.span, em),
             ExprKind::Var { pop, var, role } => {
                 let acc = match role {
                     Role::Pre => Access::Pre,

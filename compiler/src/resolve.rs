@@ -71,11 +71,14 @@ const BUILTIN_CALLS: &[&str] = &[
     "rand",
     "randn",
     "bernoulli",
+    "batch_mean",
     "cross_entropy",
     "mse",
     "angle",
     "symmetry",
     "spectral_radius",
+    "effective_rank",
+    "histogram",
     "grad",
 ];
 
@@ -1228,6 +1231,9 @@ impl Resolver<'_> {
         }
         // `t`: time within the innermost repeated phase (iteration × dt), unless a
         // declaration of the same name shadows it.
+        if name == "step_count" && entity.index.is_none() && field.is_none() && !self.entities.contains_key(name) {
+            return mk(ExprKind::StepCount);
+        }
         if name == "t" && entity.index.is_none() && field.is_none() && !self.entities.contains_key(name) {
             let dt = self.find_param("dt").map(|v| v.as_f64()).unwrap_or(1.0);
             return mk(ExprKind::Time { dt });
@@ -1501,6 +1507,13 @@ impl Resolver<'_> {
                     };
                     ExprKind::Reduce { op, axis, arg: Box::new(a.remove(0)) }
                 }
+            }
+            "batch_mean" => {
+                if nargs != 1 {
+                    bad_arity(self, "one argument");
+                    return None;
+                }
+                ExprKind::BatchMean(Box::new(a.remove(0)))
             }
             "softmax" => {
                 if nargs != 1 {

@@ -155,14 +155,49 @@ impl Diagnostic {
 pub struct Rendered<'a> {
     pub diag: &'a Diagnostic,
     pub sources: &'a Sources,
-    source: miette::NamedSource<String>,
+    source: CharColumns,
 }
 
 impl<'a> Rendered<'a> {
     pub fn new(diag: &'a Diagnostic, sources: &'a Sources) -> Self {
         let f = sources.file(diag.span.file);
-        let source = miette::NamedSource::new(f.name.clone(), f.text.to_string());
-        Rendered { diag, sources, source }
+        Rendered { diag, sources, source: CharColumns { name: f.name.clone(), text: f.text.clone() } }
+    }
+}
+
+/// One file as miette reads it, with columns counted in characters. miette's own `str`
+/// source counts bytes, so after a multi-byte character (`ᵀ`) its `[file:line:col]` header
+/// would disagree with [`Sources::line_col`], which `circ check --json` and the tests use.
+struct CharColumns {
+    name: String,
+    text: Arc<str>,
+}
+
+impl miette::SourceCode for CharColumns {
+    fn read_span<'a>(
+        &'a self,
+        span: &miette::SourceSpan,
+        context_lines_before: usize,
+        context_lines_after: usize,
+    ) -> Result<Box<dyn miette::SpanContents<'a> + 'a>, miette::MietteError> {
+        let inner = self.text.as_ref().read_span(span, context_lines_before, context_lines_after)?;
+        // miette reports a column only when it reads no lines before the span (the header's
+        // read); otherwise the contents start at a line and the column is 0 either way.
+        let column = if context_lines_before == 0 {
+            let start = floor_char_boundary(&self.text, span.offset().min(self.text.len()));
+            let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
+            self.text[line_start..start].chars().count()
+        } else {
+            inner.column()
+        };
+        Ok(Box::new(miette::MietteSpanContents::new_named(
+            self.name.clone(),
+            inner.data(),
+            *inner.span(),
+            inner.line(),
+            column,
+            inner.line_count(),
+        )))
     }
 }
 
@@ -249,17 +284,62 @@ pub fn render(diags: &[Diagnostic], sources: &Sources, color: bool) -> String {
     out
 }
 
-/// "did you mean" helper: the closest candidate by Jaro-Winkler similarity, if close enough.
+/// Names up to this many characters are compared by edit distance in [`suggest`].
+const SHORT_NAME: usize = 6;
+
+/// "did you mean" helper: the closest candidate, if close enough.
+///
+/// Short names are compared by optimal-string-alignment distance (one insertion, deletion,
+/// substitution or swap of neighbours): Jaro-Winkler rewards a shared prefix, so it misses a
+/// swap at the start of a short name (`sdg` for `sgd`) yet accepts unrelated short names that
+/// share a letter. Longer names, where a prefix carries more meaning, use Jaro-Winkler. Among
+/// close candidates the fewest edits win, then the higher similarity.
 pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
-    let mut best: Option<(f64, &str)> = None;
+    let mut best: Option<(usize, f64, &str)> = None;
     for c in candidates {
         if c == name {
             continue;
         }
-        let s = strsim::jaro_winkler(name, c);
-        if s > 0.8 && best.is_none_or(|(b, _)| s > b) {
-            best = Some((s, c));
+        let longest = name.chars().count().max(c.chars().count());
+        let edits = strsim::osa_distance(name, c);
+        let similarity = strsim::jaro_winkler(name, c);
+        // One edit to a one-letter name could reach any other one-letter name: never close.
+        let close = if longest <= SHORT_NAME { edits <= 1 && longest >= 2 } else { similarity > 0.8 };
+        if close && best.is_none_or(|(e, s, _)| (edits, -similarity) < (e, -s)) {
+            best = Some((edits, similarity, c));
         }
     }
-    best.map(|(_, c)| c.to_string())
+    best.map(|(_, _, c)| c.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_swapped_letters_in_short_names() {
+        assert_eq!(suggest("sdg", ["sgd", "adam"]).as_deref(), Some("sgd"));
+        assert_eq!(suggest("sgdd", ["sgd", "adam"]).as_deref(), Some("sgd"));
+        assert_eq!(suggest("rr", ["a", "r"]).as_deref(), Some("r"));
+        assert_eq!(suggest("hiden", ["hidden", "depth"]).as_deref(), Some("hidden"));
+        assert_eq!(suggest("sigmod", ["sigmoid", "sign"]).as_deref(), Some("sigmoid"));
+    }
+
+    #[test]
+    fn does_not_suggest_unrelated_names() {
+        assert_eq!(suggest("x", ["y", "h"]), None);
+        assert_eq!(suggest("gain", ["h", "x", "W", "lr"]), None);
+        assert_eq!(suggest("abc", ["xyz"]), None);
+    }
+
+    #[test]
+    fn columns_count_characters() {
+        let mut s = Sources::default();
+        let f = s.add("t", "a = Wᵀ(e) * q\n");
+        let q = "a = Wᵀ(e) * ".len() as u32;
+        assert_eq!(s.line_col(f, q), (1, 13));
+        let d = Diagnostic::error("circ::test", Span::new(f, q as usize, q as usize + 1), "m").label("l").help("h");
+        let out = render_plain(&[d], &s, 80);
+        assert!(out.contains("[t:1:13]"), "{out}");
+    }
 }

@@ -141,3 +141,53 @@ fn grad_matches_central_finite_differences_on_generated_programs() {
     }
     assert!(checked > 1000);
 }
+
+/// A recurrent circuit: five iterations of a tanh RNN, a squared-error loss summed over them.
+const RNN: &str = "circuit rnn locality nonlocal\nprecision f64\nparam lr = 1\nparam T: int = 5\n\
+    input x[3]\npop h[4] { state s, a }\npop o[2] { q }\ntarget y[2] at o\nsignal L\n\
+    path Win: x -> h init normal(0, 0.5) plastic\npath Wrec: h -> h init normal(0, 0.5) plastic\n\
+    path Wout: h -> o init normal(0, 0.5) plastic\n\
+    phase reset {\n  h.s = 0\n  L = 0\n}\n\
+    phase run repeat T {\n  h.a = Win(x) + Wrec(h.s)\n  h.s = tanh(h.a)\n  o.q = Wout(h.s)\n  L = L + sum((o.q - y) * (o.q - y))\n}\n\
+    plasticity sum {\n  Win.w -= lr * grad(L, Win.w)\n  Wrec.w -= lr * grad(L, Wrec.w)\n  Wout.w -= lr * grad(L, Wout.w)\n}\n\
+    experiment { data = none }\n";
+
+/// Checks `grad` of a program against central finite differences of its signal `L`, for
+/// the listed pathways, with inputs from `seed`.
+fn check_against_fd(text: &str, paths: &[&str], seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (pg, mut eg) = compile(text, 1.0);
+    let (p0, mut e0) = compile(text, 0.0);
+    let mut st = State::new(&pg.buffers, 1, pg.precision, seed);
+    let xs: Vec<f32> = (0..pg.buffers[pg.input.unwrap()].cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let ys: Vec<f32> = (0..pg.buffers[pg.target.unwrap()].cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+    st.set_f32(pg.input.unwrap(), &xs);
+    st.set_f32(pg.target.unwrap(), &ys);
+    let mut stepped = st.clone();
+    eg.run(EntryKind::Train, &mut stepped, 1, &StepCtx::default());
+    for name in paths {
+        let b = st.find(&format!("{name}.w")).unwrap();
+        let w0 = st.get(b);
+        let grad: Vec<f64> = w0.iter().zip(stepped.get(b)).map(|(a, c)| a - c).collect();
+        for i in 0..w0.len() {
+            let h = 1e-5 * w0[i].abs().max(1.0);
+            let at = |d: f64, e0: &mut dyn Engine| {
+                let mut s = st.clone();
+                let mut w = w0.clone();
+                w[i] += d;
+                s.set_f64(b, &w);
+                loss_at(&p0, e0, &mut s)
+            };
+            let fd = (at(h, e0.as_mut()) - at(-h, e0.as_mut())) / (2.0 * h);
+            let err = (grad[i] - fd).abs() / grad[i].abs().max(fd.abs()).max(1e-3);
+            assert!(err < 1e-6, "{name}[{i}]: grad {} vs finite difference {fd} (rel. err {err:e})", grad[i]);
+        }
+    }
+}
+
+#[test]
+fn backpropagation_through_time_matches_finite_differences() {
+    for seed in 0..5 {
+        check_against_fd(RNN, &["Wout", "Wrec", "Win"], seed);
+    }
+}

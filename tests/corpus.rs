@@ -75,7 +75,7 @@ fn has_loops(ks: &[Kernel]) -> bool {
 fn shorten_loops(ks: &mut [Kernel], max: usize) {
     for k in ks {
         match k {
-            Kernel::Loop { count, body } => {
+            Kernel::Loop { count, body, .. } => {
                 *count = (*count).min(max);
                 shorten_loops(body, max);
             }
@@ -138,6 +138,7 @@ fn compare(p: &Program, a: &State, b: &State, nb: usize, name: &str, when: &str,
         let len = match spec.rows {
             Rows::Batch => nb * spec.cols,
             Rows::Fixed(r) => r * spec.cols,
+            Rows::History(t) => t * nb * spec.cols,
         };
         let (x, y) = (a.get(i), b.get(i));
         // Spike trains of f64 circuits must be identical, not merely close.

@@ -107,9 +107,11 @@ fn replace_grads(c: &Circuit, e: &mut Expr, rewrites: &HashMap<(String, PathId, 
         }
     }
     match &mut e.kind {
-        ExprKind::Transmit { arg, .. } | ExprKind::Unary { arg, .. } | ExprKind::Reduce { arg, .. } | ExprKind::Softmax(arg) => {
-            replace_grads(c, arg, rewrites)
-        }
+        ExprKind::Transmit { arg, .. }
+        | ExprKind::Unary { arg, .. }
+        | ExprKind::Reduce { arg, .. }
+        | ExprKind::Softmax(arg)
+        | ExprKind::BatchMean(arg) => replace_grads(c, arg, rewrites),
         ExprKind::Binary { lhs, rhs, .. } | ExprKind::CrossEntropy { logits: lhs, target: rhs } | ExprKind::Angle(lhs, rhs) => {
             replace_grads(c, lhs, rewrites);
             replace_grads(c, rhs, rewrites);
@@ -290,13 +292,47 @@ struct Backward<'a> {
     span: Span,
     /// Adjoint contributions not yet summed, per node.
     pending: HashMap<Node, Vec<Expr>>,
-    /// Statements of the backward phase, in order.
-    stmts: Vec<Stmt>,
+    /// Statements of the backward pass being generated, in order, in segments: plain phases,
+    /// and the reversed time loops of backpropagation through time.
+    segments: Vec<Segment>,
     /// Per pathway: the (post factor, pre factor) pairs of ∂L/∂(effective weight).
     weight_terms: HashMap<PathId, Vec<(Expr, Expr)>>,
     wanted: HashSet<PathId>,
+    /// Inside a time loop: how each neuron variable read by the statement being
+    /// differentiated is reached, and what to do with the adjoints it receives.
+    looping: Option<LoopCtx>,
     fresh: usize,
     diags: Vec<Diagnostic>,
+}
+
+/// A run of backward statements: a plain phase, or a loop over `repeat` iterations backwards.
+struct Segment {
+    repeat: usize,
+    stmts: Vec<Stmt>,
+}
+
+/// The state of the reverse sweep through one iteration of a time loop.
+struct LoopCtx {
+    len: usize,
+    /// Where the statement being differentiated reads each loop variable from: the history
+    /// of its value after this iteration's assignment, or at the iteration's start.
+    values: HashMap<Node, Expr>,
+    /// Variables assigned earlier in the iteration (their adjoints are summed in-iteration).
+    earlier: HashSet<Node>,
+    /// Variables assigned later in the iteration (read here with last iteration's value):
+    /// their adjoints flow into these carries, consumed one iteration earlier.
+    carries: HashMap<Node, Expr>,
+    /// Loop-invariant variables: adjoints accumulate here over all iterations.
+    accs: HashMap<Node, Expr>,
+    /// Recorded histories of each loop variable (after assignment / at iteration start).
+    hist_out: HashMap<Node, usize>,
+    hist_in: HashMap<Node, usize>,
+    /// Forward statements to insert into the loop body: (before statement index, statement).
+    record: Vec<(usize, Stmt)>,
+    /// The statement being differentiated.
+    at: usize,
+    /// Adjoint contributions within the current iteration.
+    local: HashMap<Node, Vec<Expr>>,
 }
 
 impl<'a> Backward<'a> {
@@ -314,42 +350,43 @@ impl<'a> Backward<'a> {
             k,
             span: loss.span,
             pending: HashMap::new(),
-            stmts: Vec::new(),
+            segments: vec![Segment { repeat: 1, stmts: Vec::new() }],
             weight_terms: HashMap::new(),
             wanted,
+            looping: None,
             fresh: 0,
             diags: Vec::new(),
         };
-        // The forward program: every phase statement, in order.
-        let mut fwd: Vec<&Stmt> = Vec::new();
-        for ph in &c.phases {
-            for s in &ph.body {
-                fwd.push(s);
-            }
-        }
-        b.validate(&fwd, loss);
+        b.validate(loss);
         if !b.diags.is_empty() {
             return Err(b.diags);
         }
         // Seed: ∂L/∂L = 1, then back through L's own expression.
         b.back(loss, cst(1.0, loss.span));
-        for s in fwd.iter().rev() {
-            if let StmtKind::Assign { target, value, .. } = &s.kind {
-                let node = match *target {
-                    Target::Var { pop, var } => Node::Var(pop, var),
-                    Target::Signal(sig) => Node::Signal(sig),
-                    Target::Syn { .. } => continue,
-                };
-                let Some(contribs) = b.pending.remove(&node) else { continue };
-                let adj = b.define_adjoint(node, contribs, s.span);
-                b.back(value, adj);
+        for (pi, ph) in c.phases.iter().enumerate().rev() {
+            if ph.repeat > 1 {
+                b.loop_backward(pi);
+                continue;
+            }
+            for s in ph.body.iter().rev() {
+                if let StmtKind::Assign { target, value, .. } = &s.kind {
+                    let Some(node) = node_of(*target) else { continue };
+                    let Some(contribs) = b.pending.remove(&node) else { continue };
+                    let adj = b.define_adjoint(node, contribs, s.span);
+                    b.back(value, adj);
+                }
             }
         }
         if !b.diags.is_empty() {
             return Err(b.diags);
         }
-        let phase = Phase { name: format!("__grad_{k}"), repeat: 1, body: std::mem::take(&mut b.stmts), span: loss.span };
-        b.out.phases.push(phase);
+        for (si, seg) in std::mem::take(&mut b.segments).into_iter().enumerate() {
+            if seg.stmts.is_empty() {
+                continue;
+            }
+            let name = format!("__grad_{k}_{si}");
+            b.out.phases.push(Phase { name, repeat: seg.repeat, reverse: seg.repeat > 1, body: seg.stmts, span: loss.span });
+        }
         // ∂L/∂v = Σ post ⊗ pre, times ∂(effective weight)/∂v.
         let mut result = Vec::new();
         for &(p, v) in wrt {
@@ -373,56 +410,253 @@ impl<'a> Backward<'a> {
     }
 
     /// Refuses forward programs this reverse sweep cannot differentiate exactly.
-    fn validate(&mut self, fwd: &[&Stmt], loss: &Expr) {
+    fn validate(&mut self, loss: &Expr) {
         let c = self.c;
+        // Outside loops, each variable is assigned once with `=` (a variable a loop carries
+        // may also be set once before the loop: its starting value).
         let mut assigned: HashMap<Target, Span> = HashMap::new();
         for ph in &c.phases {
-            if ph.repeat > 1 {
-                let d = Diagnostic::error("circ::grad::unsupported", ph.span, format!("grad() through the repeated phase `{}` is not supported yet", ph.name))
-                    .label("a time loop")
-                    .with(loss.span, "differentiated here")
-                    .help("backpropagation through time is not implemented yet; unroll the loop with `for` or differentiate a non-recurrent circuit");
-                self.diags.push(d);
-                return;
-            }
-        }
-        for s in fwd {
-            match &s.kind {
-                StmtKind::Assign { target, op, .. } => {
-                    if let Some(prev) = assigned.insert(*target, s.span) {
+            let in_loop = ph.repeat > 1;
+            let mut here: HashMap<Target, Span> = HashMap::new();
+            for s in &ph.body {
+                match &s.kind {
+                    StmtKind::Assign { target, op, value } => {
+                        let mut rand = None;
+                        value.walk(&mut |e| {
+                            if matches!(e.kind, ExprKind::Rand(_)) {
+                                rand = Some(e.span);
+                            }
+                        });
+                        if let (true, Some(r)) = (in_loop, rand) {
+                            let d = Diagnostic::error("circ::grad::unsupported", r, "grad() through a random draw inside a time loop")
+                                .label("drawn again in the backward pass, differently")
+                                .with(loss.span, "differentiated here")
+                                .help("assign the noise to a per-neuron variable first (`h.noise = sigma * randn()`) and use that");
+                            self.diags.push(d);
+                        }
+                        if let Some(prev) = here.insert(*target, s.span) {
+                            let d = Diagnostic::error(
+                                "circ::grad::unsupported",
+                                s.span,
+                                format!("grad() through `{}`, which is assigned twice, is not supported yet", c.target_name(*target)),
+                            )
+                            .label("second assignment")
+                            .with(prev, "first assignment")
+                            .help("compute the value into a new variable instead of overwriting it");
+                            self.diags.push(d);
+                        } else if !in_loop {
+                            if let Some(prev) = assigned.insert(*target, s.span) {
+                                let d = Diagnostic::error(
+                                    "circ::grad::unsupported",
+                                    s.span,
+                                    format!("grad() through `{}`, which is assigned twice, is not supported yet", c.target_name(*target)),
+                                )
+                                .label("second assignment")
+                                .with(prev, "first assignment")
+                                .help("compute the value into a new variable instead of overwriting it");
+                                self.diags.push(d);
+                            } else if *op != AssignOp::Set {
+                                let d = Diagnostic::error(
+                                    "circ::grad::unsupported",
+                                    s.span,
+                                    format!("grad() through `{}` updated with `{}`", c.target_name(*target), op.text()),
+                                )
+                                .label("an update of a value from the last step")
+                                .help("write it with `=` from values of this step, or update it inside a time loop");
+                                self.diags.push(d);
+                            }
+                        }
+                    }
+                    StmtKind::Ode { .. } | StmtKind::When { .. } => {
                         let d = Diagnostic::error(
                             "circ::grad::unsupported",
                             s.span,
-                            format!("grad() through `{}`, which is assigned twice, is not supported yet", c.target_name(*target)),
+                            "grad() through differential equations and `when` is not supported yet",
                         )
-                        .label("second assignment")
-                        .with(prev, "first assignment")
-                        .help("compute the value into a new variable instead of overwriting it");
-                        self.diags.push(d);
-                    } else if *op != AssignOp::Set {
-                        let d = Diagnostic::error(
-                            "circ::grad::unsupported",
-                            s.span,
-                            format!("grad() through `{}` updated with `{}`", c.target_name(*target), op.text()),
-                        )
-                        .label("an update of a value from the last step")
-                        .help("write it with `=` from values of this step");
+                        .label("not differentiated")
+                        .with(loss.span, "differentiated here")
+                        .help("differentiate a circuit of plain `=` equations");
                         self.diags.push(d);
                     }
                 }
-                StmtKind::Ode { .. } | StmtKind::When { .. } => {
-                    let d = Diagnostic::error(
-                        "circ::grad::unsupported",
-                        s.span,
-                        "grad() through differential equations and `when` is not supported yet",
-                    )
-                    .label("not differentiated")
-                    .with(loss.span, "differentiated here")
-                    .help("differentiate a circuit of plain `=` equations");
-                    self.diags.push(d);
+            }
+            if in_loop {
+                for (t, sp) in here {
+                    assigned.entry(t).or_insert(sp);
                 }
             }
         }
+    }
+
+    fn segment(&mut self) -> &mut Vec<Stmt> {
+        &mut self.segments.last_mut().expect("at least one segment").stmts
+    }
+
+    /// Backpropagation through the time loop of phase `pi`: records the values the backward
+    /// pass needs into histories during the forward loop, and emits a loop that runs the
+    /// iterations backwards, carrying the adjoints of loop-carried variables from one
+    /// iteration to the one before.
+    fn loop_backward(&mut self, pi: usize) {
+        let c = self.c;
+        let ph = &c.phases[pi];
+        let len = ph.repeat;
+        let body: Vec<&Stmt> = ph.body.iter().collect();
+        // Which node each statement assigns, and where in the body.
+        let assigns: Vec<Option<Node>> =
+            body.iter().map(|s| if let StmtKind::Assign { target, .. } = &s.kind { node_of(*target) } else { None }).collect();
+        let in_loop: HashSet<Node> = assigns.iter().flatten().copied().collect();
+        let mut lc = LoopCtx {
+            len,
+            values: HashMap::new(),
+            earlier: HashSet::new(),
+            carries: HashMap::new(),
+            accs: HashMap::new(),
+            hist_out: HashMap::new(),
+            hist_in: HashMap::new(),
+            record: Vec::new(),
+            at: 0,
+            local: HashMap::new(),
+        };
+        // Record every neuron variable the loop assigns (after its assignment) and, for those
+        // read before their assignment, at the start of each iteration.
+        for (k, n) in assigns.iter().enumerate() {
+            if let Some(Node::Var(pop, var)) = n {
+                let h = self.new_history_len(*pop, "out", len);
+                lc.hist_out.insert(Node::Var(*pop, *var), h);
+                lc.record.push((k + 1, record_stmt(h, *pop, *var, self.span)));
+            }
+        }
+        for (k, s) in body.iter().enumerate() {
+            let mut reads = Vec::new();
+            stmt_reads(s, &mut reads);
+            for n in reads {
+                let later = assigns.iter().skip(k).flatten().any(|x| *x == n);
+                let before = assigns.iter().take(k).flatten().any(|x| *x == n);
+                if let (Node::Var(pop, var), true, false) = (n, later, before) {
+                    if let std::collections::hash_map::Entry::Vacant(e) = lc.hist_in.entry(n) {
+                        let h = self.new_history_len(pop, "in", len);
+                        e.insert(h);
+                        lc.record.push((0, record_stmt(h, pop, var, self.span)));
+                    }
+                }
+            }
+        }
+        // Before the backward loop (this plain segment runs first): carries start with the
+        // adjoints the rest of the program sends to the loop's final values.
+        for &n in &in_loop {
+            let init = match self.pending.remove(&n) {
+                Some(cs) => cs.into_iter().reduce(add).unwrap_or(cst(0.0, self.span)),
+                None => cst(0.0, self.span),
+            };
+            let carry = self.new_state(n, "carry");
+            let (t, span) = (target_of(&carry), self.span);
+            self.segment().push(assign(t, init, span));
+            lc.carries.insert(n, carry);
+        }
+        // Loop-invariant neurons read inside: their adjoints accumulate over iterations.
+        for s in &body {
+            let mut reads = Vec::new();
+            stmt_reads(s, &mut reads);
+            for n in reads {
+                if in_loop.contains(&n) || lc.accs.contains_key(&n) {
+                    continue;
+                }
+                if let Node::Var(pop, _) = n {
+                    if !matches!(c.pops[pop].kind, PopKind::Neurons) {
+                        continue;
+                    }
+                }
+                let acc = self.new_state(n, "acc");
+                let span = self.span;
+                self.segment().push(assign(target_of(&acc), cst(0.0, span), span));
+                lc.accs.insert(n, acc);
+            }
+        }
+        // The loop body, backwards.
+        self.segments.push(Segment { repeat: len, stmts: Vec::new() });
+        self.looping = Some(lc);
+        for k in (0..body.len()).rev() {
+            let StmtKind::Assign { target, op, value } = &body[k].kind else { continue };
+            let Some(node) = node_of(*target) else { continue };
+            // `v op= e` is `v = v op e`, with v read at the iteration's start.
+            let span = body[k].span;
+            let value = match op {
+                AssignOp::Set => value.clone(),
+                _ => {
+                    let old = Expr { kind: node_expr(node), span };
+                    let bop = match op {
+                        AssignOp::Add => BinOp::Add,
+                        AssignOp::Sub => BinOp::Sub,
+                        _ => BinOp::Mul,
+                    };
+                    Expr { kind: ExprKind::Binary { op: bop, lhs: Box::new(old), rhs: Box::new(value.clone()) }, span }
+                }
+            };
+            // The adjoint of this iteration's value: contributions from later statements of
+            // the iteration plus the carry from the iteration after; the carry is consumed.
+            let lc = self.looping.as_mut().expect("in a loop");
+            let mut contribs = lc.local.remove(&node).unwrap_or_default();
+            let carry = lc.carries[&node].clone();
+            contribs.push(carry.clone());
+            let adj = self.define_adjoint(node, contribs, span);
+            self.segment().push(assign(target_of(&carry), cst(0.0, span), span));
+            // Values seen by statement k.
+            let lc = self.looping.as_mut().expect("in a loop");
+            lc.at = k;
+            lc.earlier = assigns.iter().take(k).flatten().copied().collect();
+            lc.values.clear();
+            for (n, h) in &lc.hist_out {
+                if lc.earlier.contains(n) {
+                    lc.values.insert(*n, Expr { kind: ExprKind::Hist { hist: *h, role: Role::Direct }, span });
+                }
+            }
+            for (n, h) in &lc.hist_in {
+                if !lc.earlier.contains(n) {
+                    lc.values.insert(*n, Expr { kind: ExprKind::Hist { hist: *h, role: Role::Direct }, span });
+                }
+            }
+            self.back(&value, adj);
+        }
+        let lc = self.looping.take().expect("in a loop");
+        self.segments.push(Segment { repeat: 1, stmts: Vec::new() });
+        // After the loop (earlier in the forward program): what reached the loop's starting
+        // values and the loop-invariant neurons.
+        for (n, carry) in lc.carries {
+            self.pending.entry(n).or_default().push(carry);
+        }
+        for (n, acc) in lc.accs {
+            self.pending.entry(n).or_default().push(acc);
+        }
+        // Insert the recording statements into the forward loop.
+        let body = &mut self.out.phases[pi].body;
+        let mut record = lc.record;
+        record.sort_by_key(|(k, _)| std::cmp::Reverse(*k));
+        for (k, st) in record {
+            body.insert(k, st);
+        }
+    }
+
+    fn new_history_len(&mut self, pop: PopId, what: &str, len: usize) -> usize {
+        let name = self.fresh_name(&format!("hist_{what}"));
+        self.out.histories.push(History { name, pop, len });
+        self.out.histories.len() - 1
+    }
+
+    /// A carried (state) variable shaped like `n`: per neuron, or a signal.
+    fn new_state(&mut self, n: Node, what: &str) -> Expr {
+        let name = self.fresh_name(what);
+        let kind = match n {
+            Node::Var(pop, _) => {
+                let p = &mut self.out.pops[pop];
+                p.vars.push(Var { name, state: true, init: 0.0, span: self.span });
+                ExprKind::Var { pop, var: p.vars.len() - 1, role: Role::Direct }
+            }
+            Node::Signal(_) => {
+                self.out.signals.push(Signal { name, state: true, init: 0.0, span: self.span });
+                ExprKind::Signal(self.out.signals.len() - 1)
+            }
+        };
+        Expr { kind, span: self.span }
     }
 
     fn fresh_name(&mut self, what: &str) -> String {
@@ -445,7 +679,8 @@ impl<'a> Backward<'a> {
     }
 
     fn emit(&mut self, target: Target, value: Expr) {
-        self.stmts.push(Stmt { kind: StmtKind::Assign { target, op: AssignOp::Set, value }, span: self.span, via: None });
+        let span = self.span;
+        self.segment().push(assign(target, value, span));
     }
 
     /// Materialises an expression living on population `pop` as a new variable.
@@ -467,20 +702,31 @@ impl<'a> Backward<'a> {
         Expr { kind: ExprKind::Signal(s), span: self.span }
     }
 
-    /// Sums a node's contributions into one adjoint variable.
+    /// Sums a node's contributions into one new adjoint variable (always a new one: a single
+    /// contribution may be a carry that is reset right after).
     fn define_adjoint(&mut self, node: Node, contribs: Vec<Expr>, _span: Span) -> Expr {
         let mut it = contribs.into_iter();
         let first = it.next().unwrap_or(cst(0.0, self.span));
         let sum = it.fold(first, add);
+        let span = self.span;
         match node {
-            Node::Var(pop, _) => self.store(pop, "adj", sum),
-            Node::Signal(_) => self.store_scalar("adj", sum),
+            Node::Var(pop, _) => {
+                let var = self.new_var(pop, "adj");
+                self.emit(Target::Var { pop, var }, sum);
+                Expr { kind: ExprKind::Var { pop, var, role: Role::Direct }, span }
+            }
+            Node::Signal(_) => {
+                let s = self.new_signal("adj");
+                self.emit(Target::Signal(s), sum);
+                Expr { kind: ExprKind::Signal(s), span }
+            }
         }
     }
 
     /// The population an expression's values live on (None for scalars).
     fn pop_of(&self, e: &Expr) -> Option<PopId> {
         let c = self.c;
+        let hists = &self.out.histories;
         let mut found = None;
         e.walk(&mut |x| {
             if found.is_some() {
@@ -496,12 +742,37 @@ impl<'a> Backward<'a> {
                 ExprKind::Transmit { path, transpose, .. } => {
                     found = Some(if *transpose { c.paths[*path].pre } else { c.paths[*path].post })
                 }
+                ExprKind::Hist { hist, .. } => found = Some(hists[*hist].pop),
                 _ => {}
             }
         });
         match e.kind {
             ExprKind::Reduce { .. } | ExprKind::CrossEntropy { .. } => None,
             _ => found,
+        }
+    }
+
+    /// An expression's value where the statement being differentiated reads it: inside a time
+    /// loop, loop variables come from their recorded histories; elsewhere, unchanged.
+    fn value(&self, e: &Expr) -> Expr {
+        let Some(lc) = &self.looping else { return e.clone() };
+        let mut out = e.clone();
+        substitute(&mut out, &lc.values);
+        out
+    }
+
+    /// Sends an adjoint contribution to a variable or signal the expression reads.
+    fn contribute(&mut self, n: Node, a: Expr) {
+        let span = a.span;
+        match &mut self.looping {
+            None => self.pending.entry(n).or_default().push(a),
+            Some(lc) if lc.earlier.contains(&n) => lc.local.entry(n).or_default().push(a),
+            Some(lc) => {
+                // Last iteration's value (a carry) or a loop-invariant value (an accumulator).
+                let Some(dst) = lc.carries.get(&n).or_else(|| lc.accs.get(&n)).cloned() else { return };
+                let t = target_of(&dst);
+                self.segment().push(assign(t, add(dst, a), span));
+            }
         }
     }
 
@@ -512,14 +783,19 @@ impl<'a> Backward<'a> {
         }
         let span = e.span;
         match &e.kind {
-            ExprKind::Const(_) | ExprKind::Meta(_) | ExprKind::Rand(_) | ExprKind::Time { .. } | ExprKind::StepCount => {}
+            ExprKind::Const(_)
+            | ExprKind::Meta(_)
+            | ExprKind::Rand(_)
+            | ExprKind::Time { .. }
+            | ExprKind::StepCount
+            | ExprKind::Hist { .. } => {}
             ExprKind::BatchMean(arg) => self.back(arg, a),
             ExprKind::Var { pop, var, .. } => {
                 if matches!(self.c.pops[*pop].kind, PopKind::Neurons) {
-                    self.pending.entry(Node::Var(*pop, *var)).or_default().push(a);
+                    self.contribute(Node::Var(*pop, *var), a);
                 }
             }
-            ExprKind::Signal(s) => self.pending.entry(Node::Signal(*s)).or_default().push(a),
+            ExprKind::Signal(s) => self.contribute(Node::Signal(*s), a),
             ExprKind::Unary { op: UnOp::Neg, arg } => self.back(arg, neg(a)),
             ExprKind::Unary { op: UnOp::Not, .. } => {}
             ExprKind::Binary { op, lhs, rhs } => match op {
@@ -532,16 +808,18 @@ impl<'a> Backward<'a> {
                     self.back(rhs, neg(a));
                 }
                 BinOp::Mul => {
-                    self.back(lhs, mul(a.clone(), (**rhs).clone()));
-                    self.back(rhs, mul(a, (**lhs).clone()));
+                    let (l, r) = (self.value(lhs), self.value(rhs));
+                    self.back(lhs, mul(a.clone(), r));
+                    self.back(rhs, mul(a, l));
                 }
                 BinOp::Div => {
-                    self.back(lhs, div(a.clone(), (**rhs).clone()));
-                    let q = div((**lhs).clone(), mul((**rhs).clone(), (**rhs).clone()));
+                    let (l, r) = (self.value(lhs), self.value(rhs));
+                    self.back(lhs, div(a.clone(), r.clone()));
+                    let q = div(l, mul(r.clone(), r));
                     self.back(rhs, neg(mul(a, q)));
                 }
                 BinOp::Pow => {
-                    let args = [(**lhs).clone(), (**rhs).clone()];
+                    let args = [self.value(lhs), self.value(rhs)];
                     self.back(lhs, mul(a.clone(), partial(Func::Pow, &args, 0, span)));
                     if !matches!(rhs.kind, ExprKind::Const(_)) {
                         self.back(rhs, mul(a, partial(Func::Pow, &args, 1, span)));
@@ -551,9 +829,10 @@ impl<'a> Backward<'a> {
                 _ => {}
             },
             ExprKind::Call { func, args } => {
-                for i in 0..args.len() {
-                    let d = partial(*func, args, i, span);
-                    self.back(&args[i], mul(a.clone(), d));
+                let vals: Vec<Expr> = args.iter().map(|x| self.value(x)).collect();
+                for (i, arg) in args.iter().enumerate() {
+                    let d = partial(*func, &vals, i, span);
+                    self.back(arg, mul(a.clone(), d));
                 }
             }
             ExprKind::Transmit { path, transpose, arg } => {
@@ -562,9 +841,9 @@ impl<'a> Backward<'a> {
                 // Keep the adjoint at the receiver as a variable: it is used twice.
                 let am = self.store(receiver, "adjin", a);
                 if self.wanted.contains(path) {
-                    let x = self.store(sender, "x", (**arg).clone());
+                    let (post_side, pre_side) = self.weight_factors(receiver, sender, &am, arg);
                     // ∂L/∂W_ij = (adjoint at post i)(value at pre j) for W(x); transposed for Wᵀ.
-                    let (post, pre) = if *transpose { (x, am.clone()) } else { (am.clone(), x) };
+                    let (post, pre) = if *transpose { (pre_side, post_side) } else { (post_side, pre_side) };
                     self.weight_terms.entry(*path).or_default().push((with_role(post, Role::Post), with_role(pre, Role::Pre)));
                 }
                 let back = Expr { kind: ExprKind::Transmit { path: *path, transpose: !transpose, arg: Box::new(am) }, span };
@@ -572,6 +851,7 @@ impl<'a> Backward<'a> {
             }
             ExprKind::Reduce { op, axis: Axis::All, arg } => {
                 let a = self.store_scalar("adjr", a);
+                let x = self.value(arg);
                 match op {
                     ReduceOp::Sum => self.back(arg, a),
                     ReduceOp::Mean => {
@@ -579,28 +859,30 @@ impl<'a> Backward<'a> {
                         self.back(arg, div(a, cst(n, span)));
                     }
                     ReduceOp::Max | ReduceOp::Min => {
-                        let m = reduce(*op, (**arg).clone());
-                        self.back(arg, mul(a, cmp(BinOp::Eq, (**arg).clone(), m)));
+                        let m = reduce(*op, x.clone());
+                        self.back(arg, mul(a, cmp(BinOp::Eq, x, m)));
                     }
                     ReduceOp::Norm => {
-                        let n = reduce(ReduceOp::Norm, (**arg).clone());
-                        self.back(arg, mul(a, div((**arg).clone(), n)));
+                        let n = reduce(ReduceOp::Norm, x.clone());
+                        self.back(arg, mul(a, div(x, n)));
                     }
-                    ReduceOp::LogSumExp => self.back(arg, mul(a, softmax((**arg).clone()))),
+                    ReduceOp::LogSumExp => self.back(arg, mul(a, softmax(x))),
                 }
             }
             ExprKind::Softmax(arg) => {
                 // ∂L/∂x = s ⊙ (a − Σ a ⊙ s).
                 let pop = self.pop_of(arg).unwrap_or(0);
-                let s = self.store(pop, "sm", softmax((**arg).clone()));
+                let x = self.value(arg);
+                let s = self.store(pop, "sm", softmax(x));
                 let a = self.store(pop, "adjs", a);
                 let dot = reduce(ReduceOp::Sum, mul(a.clone(), s.clone()));
                 self.back(arg, mul(s, sub(a, dot)));
             }
             ExprKind::CrossEntropy { logits, target } => {
                 let a = self.store_scalar("adjce", a);
-                self.back(logits, mul(a.clone(), sub(softmax((**logits).clone()), (**target).clone())));
-                self.back(target, mul(a, neg((**logits).clone())));
+                let (l, t) = (self.value(logits), self.value(target));
+                self.back(logits, mul(a.clone(), sub(softmax(l.clone()), t)));
+                self.back(target, mul(a, neg(l)));
             }
             ExprKind::Reduce { .. } | ExprKind::Syn { .. } | ExprKind::Grad { .. } | ExprKind::Angle(..) | ExprKind::MatStat { .. } => {
                 let d = Diagnostic::error("circ::grad::unsupported", span, "grad() cannot differentiate through this expression yet")
@@ -610,12 +892,139 @@ impl<'a> Backward<'a> {
             }
         }
     }
+
+    /// The two factors of ∂L/∂W for a transmission: the adjoint arriving at the receiver and
+    /// the value sent. Inside a time loop they are summed over iterations: as recorded
+    /// histories when the value sent changes from iteration to iteration (one outer product
+    /// over iterations × samples), or as an accumulated adjoint when it does not.
+    fn weight_factors(&mut self, receiver: PopId, sender: PopId, am: &Expr, arg: &Expr) -> (Expr, Expr) {
+        let span = am.span;
+        let Some(lc) = &self.looping else {
+            let x = self.store(sender, "x", arg.clone());
+            return (am.clone(), x);
+        };
+        let x = self.value(arg);
+        let mut varies = false;
+        x.walk(&mut |n| varies |= matches!(n.kind, ExprKind::Hist { .. }));
+        if !varies {
+            // Σ_t a_t ⊗ x = (Σ_t a_t) ⊗ x: accumulate the adjoint over the iterations.
+            let node = if let ExprKind::Var { pop, var, .. } = am.kind { Node::Var(pop, var) } else { Node::Var(receiver, 0) };
+            let acc = self.new_state(node, "gacc");
+            let pre_loop = self.segments.len() - 2;
+            self.segments[pre_loop].stmts.push(assign(target_of(&acc), cst(0.0, span), span));
+            self.segment().push(assign(target_of(&acc), add(acc.clone(), am.clone()), span));
+            let xs = self.store(sender, "x", x);
+            return (acc, xs);
+        }
+        let at = lc.at;
+        // The value sent, per iteration: its history, or a new one recorded in the forward loop.
+        let hx = match &x.kind {
+            ExprKind::Hist { hist, .. } => *hist,
+            _ => {
+                let h = self.new_history_len(sender, "sent", lc.len);
+                let rec = assign(Target::Hist(h), arg.clone(), span);
+                self.looping.as_mut().expect("in a loop").record.push((at, rec));
+                h
+            }
+        };
+        let len = self.looping.as_ref().expect("in a loop").len;
+        let ha = self.new_history_len(receiver, "adj", len);
+        self.segment().push(assign(Target::Hist(ha), am.clone(), span));
+        (
+            Expr { kind: ExprKind::Hist { hist: ha, role: Role::Direct }, span },
+            Expr { kind: ExprKind::Hist { hist: hx, role: Role::Direct }, span },
+        )
+    }
 }
 
-/// Re-labels the neuron variable of a factor with its role in the pathway's rule.
+/// The node a statement's target is, if it takes adjoints.
+fn node_of(t: Target) -> Option<Node> {
+    match t {
+        Target::Var { pop, var } => Some(Node::Var(pop, var)),
+        Target::Signal(s) => Some(Node::Signal(s)),
+        Target::Syn { .. } | Target::Hist(_) => None,
+    }
+}
+
+fn node_expr(n: Node) -> ExprKind {
+    match n {
+        Node::Var(pop, var) => ExprKind::Var { pop, var, role: Role::Direct },
+        Node::Signal(s) => ExprKind::Signal(s),
+    }
+}
+
+fn target_of(e: &Expr) -> Target {
+    match e.kind {
+        ExprKind::Var { pop, var, .. } => Target::Var { pop, var },
+        ExprKind::Signal(s) => Target::Signal(s),
+        _ => unreachable!("carries and accumulators are variables or signals"),
+    }
+}
+
+fn assign(target: Target, value: Expr, span: Span) -> Stmt {
+    Stmt { kind: StmtKind::Assign { target, op: AssignOp::Set, value }, span, via: None }
+}
+
+/// `hist[iter] = pop.var`: records a variable's value at the current iteration.
+fn record_stmt(h: usize, pop: PopId, var: VarId, span: Span) -> Stmt {
+    assign(Target::Hist(h), Expr { kind: ExprKind::Var { pop, var, role: Role::Direct }, span }, span)
+}
+
+/// The neuron variables and signals a statement reads.
+fn stmt_reads(s: &Stmt, out: &mut Vec<Node>) {
+    let mut f = |e: &Expr| {
+        e.walk(&mut |x| match x.kind {
+            ExprKind::Var { pop, var, .. } => out.push(Node::Var(pop, var)),
+            ExprKind::Signal(sig) => out.push(Node::Signal(sig)),
+            _ => {}
+        })
+    };
+    match &s.kind {
+        StmtKind::Assign { target, op, value } => {
+            f(value);
+            // `v += e` reads v.
+            if *op != AssignOp::Set {
+                if let Some(n) = node_of(*target) {
+                    out.push(n);
+                }
+            }
+        }
+        StmtKind::Ode { value, .. } => f(value),
+        StmtKind::When { cond, .. } => f(cond),
+    }
+}
+
+/// Replaces neuron-variable and signal leaves by their values in `values`.
+fn substitute(e: &mut Expr, values: &HashMap<Node, Expr>) {
+    let node = match e.kind {
+        ExprKind::Var { pop, var, .. } => Some(Node::Var(pop, var)),
+        ExprKind::Signal(s) => Some(Node::Signal(s)),
+        _ => None,
+    };
+    if let Some(v) = node.and_then(|n| values.get(&n)) {
+        *e = v.clone();
+        return;
+    }
+    match &mut e.kind {
+        ExprKind::Transmit { arg, .. }
+        | ExprKind::Unary { arg, .. }
+        | ExprKind::Reduce { arg, .. }
+        | ExprKind::Softmax(arg)
+        | ExprKind::BatchMean(arg) => substitute(arg, values),
+        ExprKind::Binary { lhs, rhs, .. } | ExprKind::CrossEntropy { logits: lhs, target: rhs } | ExprKind::Angle(lhs, rhs) => {
+            substitute(lhs, values);
+            substitute(rhs, values);
+        }
+        ExprKind::Call { args, .. } => args.iter_mut().for_each(|a| substitute(a, values)),
+        _ => {}
+    }
+}
+
+/// Re-labels the neuron variable (or history) of a factor with its role in the pathway's rule.
 fn with_role(e: Expr, role: Role) -> Expr {
     match e.kind {
         ExprKind::Var { pop, var, .. } => Expr { kind: ExprKind::Var { pop, var, role }, span: e.span },
+        ExprKind::Hist { hist, .. } => Expr { kind: ExprKind::Hist { hist, role }, span: e.span },
         _ => e,
     }
 }

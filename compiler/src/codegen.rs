@@ -254,10 +254,33 @@ struct Gen<'a, 'm> {
     step: Value,
     iter: Variable,
     inv_nb: Value,
-    /// Buffers the current kernel writes (their loads are not read-only).
+    /// Buffers some kernel of this entry writes. Only the others are loaded as read-only
+    /// (`readonly + can_move`): that flag lets Cranelift hoist or merge a load anywhere in the
+    /// function, which would read a stale value of a buffer another kernel (or a later
+    /// iteration of a time loop) rewrites.
     written: HashSet<BufId>,
+    /// History buffers (`Rows::History`): stores and loads go to the current iteration's rows.
+    histories: HashSet<BufId>,
     ctx_ptr: Value,
     bufs_ptr: Value,
+}
+
+/// Every buffer a kernel (or the kernels inside it) writes.
+fn writes_bufs(k: &Kernel, out: &mut HashSet<BufId>) {
+    match k {
+        Kernel::Map { stores, .. } | Kernel::SynMap { stores, .. } => out.extend(stores.iter().map(|s| s.out)),
+        Kernel::Reduce { out: o, .. }
+        | Kernel::SynReduce { out: o, .. }
+        | Kernel::MatMul { out: o, .. }
+        | Kernel::Outer { out: o, .. }
+        | Kernel::BatchSum { out: o, .. } => {
+            out.insert(*o);
+        }
+        Kernel::Copy { dst, .. } => {
+            out.insert(*dst);
+        }
+        Kernel::Loop { body, .. } | Kernel::Every { body, .. } => body.iter().for_each(|k| writes_bufs(k, out)),
+    }
 }
 
 fn uses_bufs(k: &Kernel, out: &mut HashSet<BufId>) {
@@ -314,6 +337,13 @@ impl<'a, 'm> Gen<'a, 'm> {
             iter: Variable::from_u32(0),
             inv_nb: dummy,
             written: HashSet::new(),
+            histories: p
+                .buffers
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| matches!(b.rows, circ_runtime::state::Rows::History(_)))
+                .map(|(i, _)| i)
+                .collect(),
             ctx_ptr: dummy,
             bufs_ptr: dummy,
         }
@@ -335,6 +365,7 @@ impl<'a, 'm> Gen<'a, 'm> {
         let mut used = HashSet::new();
         for k in &e.kernels {
             uses_bufs(k, &mut used);
+            writes_bufs(k, &mut self.written);
         }
         let mut used: Vec<BufId> = used.into_iter().collect();
         used.sort_unstable();
@@ -441,6 +472,14 @@ impl<'a, 'm> Gen<'a, 'm> {
                 let r = self.b.ins().imul_imm_s(b, cols as i64);
                 self.b.ins().iadd(r, i)
             }
+            (At::Map { b, i, cols }, Access::Hist) => {
+                // Row (iter · nb + b) of the history: the value recorded at this iteration.
+                let it = self.b.use_var(self.iter);
+                let r = self.b.ins().imul(it, self.nb);
+                let r = self.b.ins().iadd(r, b);
+                let r = self.b.ins().imul_imm_s(r, cols as i64);
+                self.b.ins().iadd(r, i)
+            }
             (At::Map { b, .. }, Access::Sample) => b,
             (At::Map { i, .. }, Access::Unit) => i,
             (At::Syn { i, j, cols, .. }, Access::Elem) => {
@@ -466,7 +505,7 @@ impl<'a, 'm> Gen<'a, 'm> {
 
     /// Whether an access varies along the innermost (vectorised) loop index.
     fn contiguous(a: Access, at: At) -> bool {
-        matches!((at, a), (At::Map { .. }, Access::Elem | Access::Unit) | (At::Syn { .. }, Access::Elem | Access::Pre))
+        matches!((at, a), (At::Map { .. }, Access::Elem | Access::Unit | Access::Hist) | (At::Syn { .. }, Access::Elem | Access::Pre))
     }
 
     fn load(&mut self, buf: BufId, a: Access, at: At, lanes: u8) -> Value {
@@ -497,8 +536,17 @@ impl<'a, 'm> Gen<'a, 'm> {
         self.b.ins().splat(self.vty, s)
     }
 
+    /// How a kernel's output buffer is indexed: histories record at the current iteration.
+    fn out_access(&self, buf: BufId) -> Access {
+        if self.histories.contains(&buf) {
+            Access::Hist
+        } else {
+            Access::Elem
+        }
+    }
+
     fn store(&mut self, buf: BufId, at: At, v: Value) {
-        if let Some(idx) = self.index(Access::Elem, at) {
+        if let Some(idx) = self.index(self.out_access(buf), at) {
             let addr = self.addr(buf, idx);
             self.b.ins().store(MemFlagsData::trusted(), v, addr, 0);
         }
@@ -751,9 +799,10 @@ impl<'a, 'm> Gen<'a, 'm> {
             let v = match &s.guard {
                 Some(g) => {
                     let gv = self.expr(g, at, lanes, &mut cache);
-                    let old = match cache.get(&(s.out, Access::Elem)) {
+                    let acc = self.out_access(s.out);
+                    let old = match cache.get(&(s.out, acc)) {
                         Some(o) => *o,
-                        None => self.load(s.out, Access::Elem, at, lanes),
+                        None => self.load(s.out, acc, at, lanes),
                     };
                     let c = self.is_nonzero(gv, lanes);
                     self.select(c, v, old)
@@ -761,7 +810,10 @@ impl<'a, 'm> Gen<'a, 'm> {
                 None => v,
             };
             self.store(s.out, at, v);
-            cache.insert((s.out, Access::Elem), v);
+            // Forget every cached read of this buffer: another access mode may alias the
+            // element just written (in a one-column loop `buf[b]` is `buf[b, 0]`).
+            cache.retain(|(b, _), _| *b != s.out);
+            cache.insert((s.out, self.out_access(s.out)), v);
         }
     }
 
@@ -854,15 +906,6 @@ impl<'a, 'm> Gen<'a, 'm> {
     }
 
     fn kernel(&mut self, k: &Kernel) {
-        let mut w = HashSet::new();
-        match k {
-            Kernel::Map { stores, .. } | Kernel::SynMap { stores, .. } => w.extend(stores.iter().map(|s| s.out)),
-            Kernel::Reduce { out, .. } | Kernel::SynReduce { out, .. } => {
-                w.insert(*out);
-            }
-            _ => {}
-        }
-        self.written = w;
         match k {
             Kernel::Map { batched, cols, stores } => {
                 let rows = self.rows_value(*batched);
@@ -941,13 +984,15 @@ impl<'a, 'm> Gen<'a, 'm> {
                 ];
                 self.call("matmul", &args);
             }
-            Kernel::Outer { out, p, q, rows, cols, mean } => {
+            Kernel::Outer { out, p, q, rows, cols, mean, repeat } => {
                 let scale = if *mean { self.inv_nb } else { self.fconst(1.0) };
+                // A history spans `repeat` batches of rows; the mean is still over the batch.
+                let n = self.b.ins().imul_imm_s(self.nb, *repeat as i64);
                 let args = [
                     self.bases[out],
                     self.bases[p],
                     self.bases[q],
-                    self.nb,
+                    n,
                     self.iconst(*rows as i64),
                     self.iconst(*cols as i64),
                     scale,
@@ -955,9 +1000,10 @@ impl<'a, 'm> Gen<'a, 'm> {
                 ];
                 self.call("outer", &args);
             }
-            Kernel::BatchSum { out, src, cols, mean } => {
+            Kernel::BatchSum { out, src, cols, mean, repeat } => {
                 let scale = if *mean { self.inv_nb } else { self.fconst(1.0) };
-                let args = [self.bases[out], self.bases[src], self.nb, self.iconst(*cols as i64), scale, self.iconst(0)];
+                let n = self.b.ins().imul_imm_s(self.nb, *repeat as i64);
+                let args = [self.bases[out], self.bases[src], n, self.iconst(*cols as i64), scale, self.iconst(0)];
                 self.call("batch_sum", &args);
             }
             Kernel::Copy { dst, src, len } => {
@@ -966,11 +1012,19 @@ impl<'a, 'm> Gen<'a, 'm> {
                 let cfg = self.module.target_config();
                 self.b.call_memcpy(cfg, d, s, size);
             }
-            Kernel::Loop { count, body } => {
+            Kernel::Loop { count, reverse, body } => {
                 let saved = self.b.use_var(self.iter);
                 let zero = self.iconst(0);
                 let end = self.iconst(*count as i64);
+                let (count, reverse) = (*count as i64, *reverse);
                 self.for_loop(zero, end, 1, &mut |g, it| {
+                    // A backward loop counts its iterations down: count − 1 − it.
+                    let it = if reverse {
+                        let last = g.iconst(count - 1);
+                        g.b.ins().isub(last, it)
+                    } else {
+                        it
+                    };
                     g.b.def_var(g.iter, it);
                     for k in body {
                         g.kernel(k);

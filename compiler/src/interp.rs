@@ -132,16 +132,18 @@ fn kernel<T: Elem>(p: &Program, k: &Kernel, bufs: &mut [Vec<T>], nb: usize, ctx:
                 *d = if *accumulate { *d + *s } else { *s };
             }
         }
-        Kernel::Outer { out, p: pa, q, rows, cols, mean } => {
-            let pv = ArrayView2::from_shape((nb, *rows), &bufs[*pa][..nb * rows]).expect("shape").to_owned();
-            let qv = ArrayView2::from_shape((nb, *cols), &bufs[*q][..nb * cols]).expect("shape").to_owned();
+        Kernel::Outer { out, p: pa, q, rows, cols, mean, repeat } => {
+            let n = nb * repeat;
+            let pv = ArrayView2::from_shape((n, *rows), &bufs[*pa][..n * rows]).expect("shape").to_owned();
+            let qv = ArrayView2::from_shape((n, *cols), &bufs[*q][..n * cols]).expect("shape").to_owned();
             let scale = if *mean { T::one() / T::of(nb as f64) } else { T::one() };
             let mut g = Array2::<T>::zeros((*rows, *cols));
             general_mat_mul(scale, &pv.t(), &qv, T::zero(), &mut g);
             bufs[*out][..rows * cols].copy_from_slice(g.as_slice().expect("contiguous"));
         }
-        Kernel::BatchSum { out, src, cols, mean } => {
-            let s = ArrayView2::from_shape((nb, *cols), &bufs[*src][..nb * cols]).expect("shape").to_owned();
+        Kernel::BatchSum { out, src, cols, mean, repeat } => {
+            let n = nb * repeat;
+            let s = ArrayView2::from_shape((n, *cols), &bufs[*src][..n * cols]).expect("shape").to_owned();
             let scale = if *mean { T::one() / T::of(nb as f64) } else { T::one() };
             let r = s.sum_axis(NdAxis(0)).mapv(|x| x * scale);
             bufs[*out][..*cols].copy_from_slice(r.as_slice().expect("contiguous"));
@@ -150,10 +152,10 @@ fn kernel<T: Elem>(p: &Program, k: &Kernel, bufs: &mut [Vec<T>], nb: usize, ctx:
             let v = bufs[*src][..*len].to_vec();
             bufs[*dst][..*len].copy_from_slice(&v);
         }
-        Kernel::Loop { count, body } => {
+        Kernel::Loop { count, reverse, body } => {
             let saved = ctx.iter;
-            for it in 0..*count {
-                ctx.iter = it as u64;
+            for k in 0..*count {
+                ctx.iter = if *reverse { (*count - 1 - k) as u64 } else { k as u64 };
                 for k in body {
                     kernel(p, k, bufs, nb, ctx);
                 }
@@ -186,7 +188,7 @@ fn run_stores<T: Elem>(p: &Program, stores: &[Store], shape: Shape, bufs: &mut [
         let v = match &s.guard {
             Some(g) => {
                 let gv = eval(p, g, shape, bufs, nb, ctx);
-                let old = load(p, s.out, Access::Elem, shape, bufs);
+                let old = load(p, s.out, if is_history(p, s.out) { Access::Hist } else { Access::Elem }, shape, bufs, ctx);
                 let mut r = old;
                 ndarray::Zip::from(&mut r).and(&gv).and(&v).for_each(|o, g, x| {
                     if *g != T::zero() {
@@ -197,24 +199,30 @@ fn run_stores<T: Elem>(p: &Program, stores: &[Store], shape: Shape, bufs: &mut [
             }
             None => v,
         };
+        // A history records the value at the current iteration's rows.
+        let off = if is_history(p, s.out) { ctx.iter as usize * rows * cols } else { 0 };
         let dst = &mut bufs[s.out];
-        match shape {
-            Shape::Map { .. } | Shape::Syn { .. } => {
-                for (d, x) in dst[..rows * cols].iter_mut().zip(v.iter()) {
-                    *d = *x;
-                }
-            }
+        for (d, x) in dst[off..off + rows * cols].iter_mut().zip(v.iter()) {
+            *d = *x;
         }
     }
 }
 
+fn is_history(p: &Program, b: usize) -> bool {
+    matches!(p.buffers[b].rows, circ_runtime::state::Rows::History(_))
+}
+
 /// The values a buffer contributes at every point of the loop, as a full array.
-fn load<T: Elem>(p: &Program, b: usize, a: Access, shape: Shape, bufs: &[Vec<T>]) -> Array2<T> {
+fn load<T: Elem>(p: &Program, b: usize, a: Access, shape: Shape, bufs: &[Vec<T>], ctx: &StepCtx) -> Array2<T> {
     let buf = &bufs[b];
     let (rows, cols) = shape.dims();
     let _ = p;
     match (shape, a) {
         (_, Access::Scalar) => Array2::from_elem((rows, cols), buf[0]),
+        (Shape::Map { .. }, Access::Hist) => {
+            let off = ctx.iter as usize * rows * cols;
+            ArrayView2::from_shape((rows, cols), &buf[off..off + rows * cols]).expect("shape").to_owned()
+        }
         (_, Access::Elem) => ArrayView2::from_shape((rows, cols), &buf[..rows * cols]).expect("shape").to_owned(),
         (Shape::Syn { .. }, Access::Trans) => ArrayView2::from_shape((cols, rows), &buf[..rows * cols]).expect("shape").t().to_owned(),
         (Shape::Map { .. }, Access::Sample) => {
@@ -246,7 +254,7 @@ fn eval<T: Elem>(p: &Program, e: &KExpr, shape: Shape, bufs: &[Vec<T>], nb: usiz
         KExpr::InvBatch => Array2::from_elem((rows, cols), T::one() / T::of(nb as f64)),
         KExpr::StepCount => Array2::from_elem((rows, cols), T::of((ctx.step + 1) as f64)),
         KExpr::Time(dt) => Array2::from_elem((rows, cols), T::of(ctx.iter as f64) * T::of(*dt)),
-        KExpr::Load(b, a) => load(p, *b, *a, shape, bufs),
+        KExpr::Load(b, a) => load(p, *b, *a, shape, bufs, ctx),
         KExpr::Unary(op, a) => {
             let v = eval(p, a, shape, bufs, nb, ctx);
             match op {

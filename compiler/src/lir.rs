@@ -36,6 +36,9 @@ pub enum Access {
     Post,
     /// SynMap: `buf[bb, j]`, per pre neuron.
     Pre,
+    /// Map: `buf[iter, b, i]` of a history buffer (`Rows::History`): the value recorded at
+    /// the current iteration of the enclosing loop.
+    Hist,
 }
 
 /// An elementwise expression evaluated at every point of a kernel's loop nest.
@@ -105,14 +108,16 @@ pub enum Kernel {
     SynReduce { out: BufId, row: bool, op: RedOp, rows: usize, cols: usize, value: KExpr },
     /// Transmission: `out[b, :] (+)= x[b, :] · Wᵀ` (`W: [n_out, n_in]`), or backwards.
     MatMul { out: BufId, x: BufId, w: BufId, n_out: usize, n_in: usize, transpose: bool, accumulate: bool },
-    /// `out[i, j] = s · Σ_b p[b, i] q[b, j]` with `s = 1/nb` (`mean`) or 1.
-    Outer { out: BufId, p: BufId, q: BufId, rows: usize, cols: usize, mean: bool },
-    /// `out[0, i] = s · Σ_b src[b, i]` with `s = 1/nb` (`mean`) or 1.
-    BatchSum { out: BufId, src: BufId, cols: usize, mean: bool },
+    /// `out[i, j] = s · Σ_r p[r, i] q[r, j]` over `r < repeat · nb` rows (a batch, or a whole
+    /// history of `repeat` iterations), with `s = 1/nb` (`mean`) or 1.
+    Outer { out: BufId, p: BufId, q: BufId, rows: usize, cols: usize, mean: bool, repeat: usize },
+    /// `out[0, i] = s · Σ_r src[r, i]` over `r < repeat · nb` rows, `s = 1/nb` (`mean`) or 1.
+    BatchSum { out: BufId, src: BufId, cols: usize, mean: bool, repeat: usize },
     /// Copy a whole buffer (snapshots for two-phase commits).
     Copy { dst: BufId, src: BufId, len: usize },
-    /// Repeat `body` `count` times, with the step context's `iter` set to the iteration.
-    Loop { count: usize, body: Vec<Kernel> },
+    /// Repeat `body` `count` times, with the step context's `iter` set to the iteration
+    /// (counting down from `count - 1` when `reverse`, for backpropagation through time).
+    Loop { count: usize, reverse: bool, body: Vec<Kernel> },
     /// Run `body` only on steps `s` with `(s + 1) % every == 0`.
     Every { every: u64, body: Vec<Kernel> },
 }
@@ -188,8 +193,17 @@ impl Program {
 
     fn rows_of(&self, b: BufId) -> Option<usize> {
         match self.buffers[b].rows {
-            Rows::Batch => None,
+            Rows::Batch | Rows::History(_) => None,
             Rows::Fixed(r) => Some(r),
+        }
+    }
+
+    /// Whether a buffer holds `repeat · nb` rows (a batch when `repeat` is 1).
+    fn spans(&self, b: BufId, repeat: usize) -> bool {
+        match self.buffers[b].rows {
+            Rows::Batch => repeat == 1,
+            Rows::History(t) => t == repeat,
+            Rows::Fixed(_) => false,
         }
     }
 
@@ -214,6 +228,12 @@ impl Program {
             (Some((batched, _)), _, Access::Sample) => {
                 if spec.cols != 1 || (batched && spec.rows != Rows::Batch) {
                     return bad("not a per-sample scalar");
+                }
+                Ok(())
+            }
+            (Some((batched, cols)), _, Access::Hist) => {
+                if spec.cols != cols || !batched || !matches!(spec.rows, Rows::History(_)) {
+                    return bad("not a history of this loop's shape");
                 }
                 Ok(())
             }
@@ -275,7 +295,9 @@ impl Program {
         match k {
             Kernel::Map { batched, cols, stores } => {
                 for s in stores {
-                    self.check_access(s.out, Access::Elem, Some((*batched, *cols)), None)?;
+                    // A history records at the current iteration.
+                    let at = if matches!(self.buffers[s.out].rows, Rows::History(_)) { Access::Hist } else { Access::Elem };
+                    self.check_access(s.out, at, Some((*batched, *cols)), None)?;
                     self.check_expr(&s.value, Some((*batched, *cols)), None)?;
                     if let Some(g) = &s.guard {
                         self.check_expr(g, Some((*batched, *cols)), None)?;
@@ -317,20 +339,20 @@ impl Program {
                 }
                 Ok(())
             }
-            Kernel::Outer { out, p, q, rows, cols, .. } => {
+            Kernel::Outer { out, p, q, rows, cols, repeat, .. } => {
                 if self.cols(*p) != *rows
                     || self.cols(*q) != *cols
                     || self.cols(*out) != *cols
                     || self.rows_of(*out) != Some(*rows)
-                    || !self.batched(*p)
-                    || !self.batched(*q)
+                    || !self.spans(*p, *repeat)
+                    || !self.spans(*q, *repeat)
                 {
                     return Err("Outer shapes do not match".into());
                 }
                 Ok(())
             }
-            Kernel::BatchSum { out, src, cols, .. } => {
-                if self.cols(*out) != *cols || self.cols(*src) != *cols || !self.batched(*src) {
+            Kernel::BatchSum { out, src, cols, repeat, .. } => {
+                if self.cols(*out) != *cols || self.cols(*src) != *cols || !self.spans(*src, *repeat) {
                     return Err("BatchSum shapes do not match".into());
                 }
                 Ok(())
@@ -358,6 +380,7 @@ impl fmt::Display for Program {
             let rows = match b.rows {
                 Rows::Batch => "nb".to_string(),
                 Rows::Fixed(r) => r.to_string(),
+                Rows::History(t) => format!("{t}*nb"),
             };
             writeln!(f, "  %{i} {} [{rows} x {}] {:?} init {:?}", b.name, b.cols, b.kind, b.init)?;
         }
@@ -398,6 +421,7 @@ fn write_expr(s: &mut String, p: &Program, e: &KExpr) {
                 Access::Unit => "[i]",
                 Access::Post => "[i]",
                 Access::Pre => "[j]",
+                Access::Hist => "[iter]",
             };
             let _ = write!(s, "{}{idx}", buf(p, *b));
         }
@@ -477,15 +501,17 @@ fn write_kernel(f: &mut fmt::Formatter<'_>, p: &Program, k: &Kernel, depth: usiz
                 if *transpose { "" } else { "ᵀ" }
             )
         }
-        Kernel::Outer { out, p: a, q, mean, .. } => {
-            writeln!(f, "{pad}outer {} = {} Σb {} ⊗ {}", buf(p, *out), if *mean { "1/nb" } else { "1" }, buf(p, *a), buf(p, *q))
+        Kernel::Outer { out, p: a, q, mean, repeat, .. } => {
+            let over = if *repeat > 1 { "Σ(iter,b)" } else { "Σb" };
+            writeln!(f, "{pad}outer {} = {} {over} {} ⊗ {}", buf(p, *out), if *mean { "1/nb" } else { "1" }, buf(p, *a), buf(p, *q))
         }
-        Kernel::BatchSum { out, src, mean, .. } => {
-            writeln!(f, "{pad}batchsum {} = {} Σb {}", buf(p, *out), if *mean { "1/nb" } else { "1" }, buf(p, *src))
+        Kernel::BatchSum { out, src, mean, repeat, .. } => {
+            let over = if *repeat > 1 { "Σ(iter,b)" } else { "Σb" };
+            writeln!(f, "{pad}batchsum {} = {} {over} {}", buf(p, *out), if *mean { "1/nb" } else { "1" }, buf(p, *src))
         }
         Kernel::Copy { dst, src, .. } => writeln!(f, "{pad}copy {} <- {}", buf(p, *dst), buf(p, *src)),
-        Kernel::Loop { count, body } => {
-            writeln!(f, "{pad}loop {count}:")?;
+        Kernel::Loop { count, reverse, body } => {
+            writeln!(f, "{pad}loop {count}{}:", if *reverse { " reversed" } else { "" })?;
             for k in body {
                 write_kernel(f, p, k, depth + 1)?;
             }

@@ -176,7 +176,7 @@ fn children(e: &Expr) -> Vec<&Expr> {
 fn neuron_tier(c: &Circuit, e: &Expr, pop: Option<PopId>) -> Verdict {
     let base = Verdict::new(Tier::Synapse, "scalars", e.span);
     match &e.kind {
-        ExprKind::Const(_) | ExprKind::Meta(_) | ExprKind::Signal(_) | ExprKind::Rand(_) | ExprKind::Time { .. } | ExprKind::StepCount => {
+        ExprKind::Const(_) | ExprKind::Meta(_) | ExprKind::Signal(_) | ExprKind::Rand(_) | ExprKind::Time { .. } | ExprKind::StepCount | ExprKind::Hist { .. } => {
             base
         }
         // A mean over the samples of a batch is a temporal average at the same place.
@@ -316,6 +316,7 @@ fn syn_tier(c: &Circuit, e: &Expr, pid: PathId) -> Verdict {
         | ExprKind::Rand(_)
         | ExprKind::Time { .. }
         | ExprKind::StepCount
+        | ExprKind::Hist { .. }
         | ExprKind::Var { .. } => base,
         ExprKind::Syn { path, transposed, .. } => {
             if *path == pid && !transposed {

@@ -36,6 +36,7 @@ pub fn lower(c: &Circuit, batch: usize) -> Result<Program, Vec<Diagnostic>> {
         eff_buf: HashMap::new(),
         sig_buf: Vec::new(),
         meta_buf: Vec::new(),
+        hist_buf: Vec::new(),
         rand: 0,
         diags: Vec::new(),
         origins: Vec::new(),
@@ -150,6 +151,8 @@ struct Lowerer<'a> {
     eff_buf: HashMap<PathId, BufId>,
     sig_buf: Vec<BufId>,
     meta_buf: Vec<BufId>,
+    /// Buffers of the histories recorded for backpropagation through time.
+    hist_buf: Vec<BufId>,
     rand: u32,
     diags: Vec<Diagnostic>,
     origins: Vec<lir::Origin>,
@@ -245,6 +248,10 @@ impl Lowerer<'_> {
             let b = self.buffer(m.name.clone(), Rows::Fixed(1), 1, BufInit::Const(m.init), BufKind::Meta);
             self.meta_buf.push(b);
         }
+        for h in &c.histories {
+            let b = self.buffer(h.name.clone(), Rows::History(h.len), c.pops[h.pop].size, BufInit::Zero, BufKind::Temp);
+            self.hist_buf.push(b);
+        }
 
         // init: effective weights.
         let init = lir::Entry { kernels: self.effective_weights() };
@@ -261,7 +268,7 @@ impl Lowerer<'_> {
                 body.extend(self.plasticity(pl));
             }
             if ph.repeat > 1 {
-                train.push(Kernel::Loop { count: ph.repeat, body });
+                train.push(Kernel::Loop { count: ph.repeat, reverse: ph.reverse, body });
             } else {
                 train.extend(body);
             }
@@ -292,7 +299,7 @@ impl Lowerer<'_> {
             }
             let body = em.finish();
             if ph.repeat > 1 {
-                eval.push(Kernel::Loop { count: ph.repeat, body });
+                eval.push(Kernel::Loop { count: ph.repeat, reverse: ph.reverse, body });
             } else {
                 eval.extend(body);
             }
@@ -349,6 +356,7 @@ impl Lowerer<'_> {
             Target::Var { pop, var } => self.var_buf[&(pop, var)],
             Target::Signal(s) => self.sig_buf[s],
             Target::Syn { path, var } => self.syn_buf[&(path, var)],
+            Target::Hist(h) => self.hist_buf[h],
         }
     }
 
@@ -467,6 +475,7 @@ impl Lowerer<'_> {
             }
             match &x.kind {
                 ExprKind::Var { pop, .. } => n = Some(c.pops[*pop].size),
+                ExprKind::Hist { hist, .. } => n = Some(c.pops[c.histories[*hist].pop].size),
                 ExprKind::Transmit { path, transpose, .. } => {
                     let p = &c.paths[*path];
                     n = Some(c.pops[if *transpose { p.pre } else { p.post }].size);
@@ -489,12 +498,13 @@ impl Lowerer<'_> {
             ExprKind::Const(v) => KExpr::Const(*v),
             ExprKind::Time { dt } => KExpr::Time(*dt),
             ExprKind::StepCount => KExpr::StepCount,
+            ExprKind::Hist { hist, .. } => KExpr::Load(self.hist_buf[*hist], Access::Hist),
             ExprKind::BatchMean(arg) => {
                 // Per neuron: the mean over the batch, the same for every sample.
                 let cols = self.pop_size_of(arg).unwrap_or(1);
                 let x = self.materialize(arg, em);
                 let out = self.temp(Rows::Fixed(1), cols);
-                em.kernel(Kernel::BatchSum { out, src: x, cols, mean: true });
+                em.kernel(Kernel::BatchSum { out, src: x, cols, mean: true, repeat: 1 });
                 KExpr::Load(out, Access::Unit)
             }
             ExprKind::Var { pop, var, .. } => KExpr::Load(self.var_buf[&(*pop, *var)], Access::Elem),
@@ -689,7 +699,7 @@ impl Lowerer<'_> {
                         slot.insert(dst);
                         let len = match rows {
                             Rows::Fixed(r) => r * cols,
-                            Rows::Batch => cols,
+                            Rows::Batch | Rows::History(_) => cols,
                         };
                         em.kernel(Kernel::Copy { dst, src, len });
                     }
@@ -768,7 +778,7 @@ impl Lowerer<'_> {
 
     /// The batch mean (or sum) of a per-sample synapse expression, as a `SynMap` expression.
     fn batch_reduced(&mut self, e: &Expr, pid: PathId, sum: bool, span: Span, em: &mut Emit) -> KExpr {
-        if self.batch == 1 || !self.is_batched(e, pid) {
+        if (self.batch == 1 && self.history_len(e).is_none()) || !self.is_batched(e, pid) {
             return self.sexpr(e, pid, em);
         }
         let key = (pid, self.c.expr_text(e), sum);
@@ -793,6 +803,8 @@ impl Lowerer<'_> {
         let mean = !sum;
         let mut total: Option<KExpr> = None;
         for t in terms {
+            // Factors recorded through a time loop span `iterations × batch` rows.
+            let repeat = t.factors.iter().filter_map(|f| self.history_len(f)).max().unwrap_or(1);
             let mut unb: Vec<&Expr> = Vec::new();
             let (mut post, mut pre, mut sample, mut mixed): (Vec<&Expr>, Vec<&Expr>, Vec<&Expr>, Vec<&Expr>) = Default::default();
             for f in &t.factors {
@@ -814,22 +826,22 @@ impl Lowerer<'_> {
                     let pb = self.side_buffer(&post, &sample, rows, em);
                     let qb = self.side_buffer(&pre, &[], cols, em);
                     let g = self.temp(Rows::Fixed(rows), cols);
-                    em.kernel(Kernel::Outer { out: g, p: pb, q: qb, rows, cols, mean });
+                    em.kernel(Kernel::Outer { out: g, p: pb, q: qb, rows, cols, mean, repeat });
                     kf.push(KExpr::Load(g, Access::Elem));
                 } else if !pre.is_empty() {
                     let qb = self.side_buffer(&pre, &sample, cols, em);
                     let v = self.temp(Rows::Fixed(1), cols);
-                    em.kernel(Kernel::BatchSum { out: v, src: qb, cols, mean });
+                    em.kernel(Kernel::BatchSum { out: v, src: qb, cols, mean, repeat });
                     kf.push(KExpr::Load(v, Access::Pre));
                 } else if !post.is_empty() {
                     let pb = self.side_buffer(&post, &sample, rows, em);
                     let v = self.temp(Rows::Fixed(1), rows);
-                    em.kernel(Kernel::BatchSum { out: v, src: pb, cols: rows, mean });
+                    em.kernel(Kernel::BatchSum { out: v, src: pb, cols: rows, mean, repeat });
                     kf.push(KExpr::Load(v, Access::Post));
                 } else if !sample.is_empty() {
                     let sb = self.side_buffer(&[], &sample, 1, em);
                     let v = self.temp(Rows::Fixed(1), 1);
-                    em.kernel(Kernel::BatchSum { out: v, src: sb, cols: 1, mean });
+                    em.kernel(Kernel::BatchSum { out: v, src: sb, cols: 1, mean, repeat });
                     kf.push(KExpr::Load(v, Access::Scalar));
                 }
                 // (A term with no per-sample factor is the same for every sample: its mean
@@ -847,12 +859,29 @@ impl Lowerer<'_> {
         total.unwrap_or(KExpr::Const(0.0))
     }
 
+    /// Iterations of the history an expression reads, if it reads one.
+    fn history_len(&self, e: &Expr) -> Option<usize> {
+        let mut n = None;
+        e.walk(&mut |x| {
+            if let ExprKind::Hist { hist, .. } = x.kind {
+                n = Some(self.c.histories[hist].len);
+            }
+        });
+        n
+    }
+
     /// A `[nb, n]` buffer holding the product of one side's factors (and the per-sample ones).
     fn side_buffer(&mut self, side: &[&Expr], sample: &[&Expr], n: usize, em: &mut Emit) -> BufId {
         if sample.is_empty() && side.len() == 1 {
-            if let ExprKind::Var { pop, var, .. } = side[0].kind {
-                return self.var_buf[&(pop, var)];
+            match side[0].kind {
+                ExprKind::Var { pop, var, .. } => return self.var_buf[&(pop, var)],
+                ExprKind::Hist { hist, .. } => return self.hist_buf[hist],
+                _ => {}
             }
+        }
+        if let Some(f) = side.iter().chain(sample).find(|f| self.history_len(f).is_some()) {
+            // Autodiff emits each side of a gradient through time as one recorded history.
+            self.unsupported(f.span, "a product of recorded histories");
         }
         let t = self.temp(Rows::Batch, n);
         let mut parts: Vec<KExpr> = side.iter().map(|f| self.nexpr(f, em)).collect();
@@ -888,6 +917,10 @@ impl Lowerer<'_> {
             ExprKind::Time { dt } => KExpr::Time(*dt),
             ExprKind::StepCount => KExpr::StepCount,
             ExprKind::BatchMean(arg) => self.batch_reduced(arg, pid, false, e.span, em),
+            ExprKind::Hist { .. } => {
+                self.unsupported(e.span, "a recorded history outside a gradient");
+                KExpr::Const(0.0)
+            }
             ExprKind::Var { pop, var, role } => {
                 let acc = match role {
                     Role::Pre => Access::Pre,

@@ -281,6 +281,7 @@ impl Resolver<'_> {
             phases: std::mem::take(&mut self.phases),
             plasticity: std::mem::take(&mut self.plasticity),
             monitors: std::mem::take(&mut self.monitors),
+            histories: Vec::new(),
             experiment,
             f64,
         })
@@ -1755,7 +1756,7 @@ impl Resolver<'_> {
         };
         let mut body = Vec::new();
         self.neuron_stmts(&ph.body, env, &mut body);
-        self.phases.push(Phase { name: ph.name.name.clone(), repeat, body, span: ph.span });
+        self.phases.push(Phase { name: ph.name.name.clone(), repeat, reverse: false, body, span: ph.span });
     }
 
     fn neuron_stmts(&mut self, stmts: &[ast::Stmt], env: &Env, out: &mut Vec<Stmt>) {

@@ -518,6 +518,7 @@ fn check_finite(state: &State, info: &RunInfo, nb: usize, step: u64) -> Result<(
         let len = match spec.rows {
             Rows::Batch => nb * spec.cols,
             Rows::Fixed(r) => r * spec.cols,
+            Rows::History(t) => t * nb * spec.cols,
         };
         if let Some(i) = state.first_non_finite(b, len) {
             let v = state.at(b, i);

@@ -25,6 +25,10 @@ pub enum Rows {
     /// One row per sample of the batch (allocated for the largest batch).
     Batch,
     Fixed(usize),
+    /// One batch of rows per iteration of a time loop of this many iterations (the history
+    /// that backpropagation through time reads back): `iterations × batch` rows, iteration
+    /// major.
+    History(usize),
 }
 
 /// Initialisation laws for synapse state (DESIGN.md §3), before scaling.
@@ -102,6 +106,7 @@ impl BufSpec {
         match self.rows {
             Rows::Batch => max_batch,
             Rows::Fixed(r) => r,
+            Rows::History(t) => t * max_batch,
         }
     }
 }

@@ -24,6 +24,9 @@ pub const MAX_OPERANDS: usize = 4096;
 /// Parses one file. On a syntax error returns the single diagnostic (pest has no recovery).
 pub fn parse(file: FileId, text: &str) -> Result<Program, Diagnostic> {
     prescan(file, text)?;
+    // Track the literal tokens tried at the furthest position too (`=`, `->`, `:`): pest's
+    // rule-level error alone cannot name them and stops at the start of the enclosing item.
+    pest::set_error_detail(true);
     let mut pairs = CircParser::parse(Rule::program, text).map_err(|e| parse_error(file, text, e))?;
     let program = pairs.next().expect("pest returns the program rule on success");
     let mut b = Builder { file, errors: Vec::new() };
@@ -50,7 +53,9 @@ pub fn parse_expr(file: FileId, text: &str) -> Result<Expr, Diagnostic> {
             shift_expr(&mut value, "param __x = ".len() as u32);
             Ok(value)
         }
-        _ => Err(Diagnostic::error("circ::parse::syntax", Span::new(file, 0, text.len()), "expected an expression")),
+        _ => Err(Diagnostic::error("circ::parse::syntax", Span::new(file, 0, text.len()), "expected an expression")
+            .label("not an expression")
+            .help("give a number, a name or an expression such as `0.5 * lr`")),
     }
 }
 
@@ -90,7 +95,10 @@ fn shift_expr(e: &mut Expr, by: u32) {
     }
 }
 
-/// Rejects nesting deeper than MAX_NESTING (outside comments and strings).
+/// Rejects what no grammar rule could report well: nesting deeper than MAX_NESTING, a block
+/// comment that is never closed and a string that runs to the end of its line. A `/*` or `"`
+/// outside comments and strings can only open a comment or a string, so an unclosed one is
+/// an error wherever it is; pest would only say that the rest of the file does not parse.
 fn prescan(file: FileId, text: &str) -> Result<(), Diagnostic> {
     let b = text.as_bytes();
     let mut depth = 0usize;
@@ -103,16 +111,28 @@ fn prescan(file: FileId, text: &str) -> Result<(), Diagnostic> {
                 }
             }
             b'/' if b.get(i + 1) == Some(&b'*') => {
+                let start = i;
                 i += 2;
                 while i < b.len() && !(b[i] == b'*' && b.get(i + 1) == Some(&b'/')) {
                     i += 1;
                 }
+                if i >= b.len() {
+                    return Err(Diagnostic::error("circ::parse::syntax", Span::new(file, start, start + 2), "unterminated block comment")
+                        .label("this comment is never closed")
+                        .help("close it with `*/`; until then the rest of the file is part of the comment"));
+                }
                 i += 1;
             }
             b'"' => {
+                let start = i;
                 i += 1;
                 while i < b.len() && b[i] != b'"' && b[i] != b'\n' {
                     i += 1;
+                }
+                if i >= b.len() || b[i] != b'"' {
+                    return Err(Diagnostic::error("circ::parse::syntax", Span::new(file, start, i), "unterminated string")
+                        .label("this string has no closing `\"`")
+                        .help("close the quotes on the same line, e.g. `import \"optim.circ\"`; strings cannot span lines"));
                 }
             }
             b'(' | b'[' | b'{' => {
@@ -135,48 +155,329 @@ fn prescan(file: FileId, text: &str) -> Result<(), Diagnostic> {
     Ok(())
 }
 
-/// Converts a pest error into a diagnostic that names what was expected in words.
+/// Converts a pest error into a diagnostic that names what was expected in words, at the
+/// furthest position the parser reached.
 fn parse_error(file: FileId, text: &str, e: pest::error::Error<Rule>) -> Diagnostic {
     use pest::error::{ErrorVariant, InputLocation};
-    let (lo, hi) = match e.location {
-        InputLocation::Pos(p) => (p, p),
-        InputLocation::Span((a, b)) => (a, b),
+    let rule_pos = match e.location {
+        InputLocation::Pos(p) => p,
+        InputLocation::Span((a, _)) => a,
     };
-    // Point at the offending token (up to the next whitespace), or the end of the input.
-    let hi = if hi > lo {
-        hi
-    } else {
-        let rest = &text[lo.min(text.len())..];
-        let n = rest.char_indices().find(|(_, c)| c.is_whitespace()).map(|(i, _)| i).unwrap_or(rest.len());
-        lo + n.clamp(if rest.is_empty() { 0 } else { 1 }, 40.min(rest.len()))
+    let (positives, negatives) = match &e.variant {
+        ErrorVariant::ParsingError { positives, negatives } => (positives.clone(), negatives.clone()),
+        ErrorVariant::CustomError { .. } => (Vec::new(), Vec::new()),
     };
-    let found = if lo >= text.len() {
-        "the end of the file".to_string()
-    } else {
-        let tok: String = text[lo..hi.min(text.len())].chars().take(30).collect();
-        format!("`{tok}`")
-    };
-    let (expected, unexpected) = match &e.variant {
-        ErrorVariant::ParsingError { positives, negatives } => {
-            (words(positives), if negatives.is_empty() { String::new() } else { words(negatives) })
+    // pest's rules-only error stops where the enclosing rule began when what failed was a
+    // literal (`param lr 0.01` fails at `param`); the literals tried further on say more.
+    // (pest does not export its token type; a literal token displays as its text.)
+    let (pos, rules, literals) = match e.parse_attempts() {
+        Some(a) => {
+            let tried: Vec<String> = a.expected_tokens().iter().map(|t| t.to_string()).collect();
+            if a.max_position > rule_pos && !literal_words(&tried, &[]).is_empty() {
+                (a.max_position, Vec::new(), tried)
+            } else if a.max_position == rule_pos {
+                (rule_pos, positives, tried)
+            } else {
+                (rule_pos, positives, Vec::new())
+            }
         }
-        ErrorVariant::CustomError { message } => (message.clone(), String::new()),
+        None => (rule_pos, positives, Vec::new()),
     };
-    let message = if expected.is_empty() { format!("unexpected {found}") } else { format!("expected {expected}, found {found}") };
-    let mut d = Diagnostic::error("circ::parse::syntax", Span::new(file, lo, hi), message).label(if expected.is_empty() {
-        "unexpected here".to_string()
-    } else {
-        format!("expected {expected}")
-    });
+    let pos = pos.min(text.len());
+    let toks = lex(text);
+    if let Some(d) = missing_operator(file, text, &toks, pos, &rules) {
+        return d;
+    }
+    let found = token_at(text, pos);
+    let found_text = if found.is_empty() { "the end of the file".to_string() } else { format!("`{found}`") };
+    // Optional continuations of a name (`[index]`, `.field`, `(args)`) are the least likely
+    // intent: name them after what the construct requires (`path W: x h` lacks `->`).
+    let (cont, mut req): (Vec<&str>, Vec<&str>) = rule_word_list(&rules).into_iter().partition(|w| CONTINUATIONS.contains(w));
+    for w in literal_words(&literals, &rules).into_iter().chain(cont) {
+        if !req.contains(&w) {
+            req.push(w);
+        }
+    }
+    let expected = join_words(&req);
+    let message = if expected.is_empty() { format!("unexpected {found_text}") } else { format!("expected {expected}, found {found_text}") };
+    let label = if expected.is_empty() { "unexpected here".to_string() } else { format!("expected {expected}") };
+    let mut d = Diagnostic::error("circ::parse::syntax", Span::new(file, pos, pos + found.len()), message).label(label);
+    let unexpected = join_words(&rule_word_list(&negatives));
     if !unexpected.is_empty() {
         d = d.note(format!("{unexpected} cannot appear here"));
     }
-    let help = if lo < text.len() && is_reserved(&text[lo..hi.min(text.len())]) {
-        format!("`{}` is a reserved word; pick another name", &text[lo..hi.min(text.len())])
+    // The reserved-word hint only where a name was expected.
+    let help = if is_reserved(found) && req.contains(&"a name") {
+        format!("`{found}` is a reserved word; pick another name")
+    } else if found == "." && text[..pos].ends_with("..") {
+        "a range has two dots: `lo..hi`".to_string()
     } else {
         "see docs/language.md for the syntax of each construct".to_string()
     };
     d.help(help)
+}
+
+/// Words for optional continuations of a name; listed last in "expected ...".
+const CONTINUATIONS: &[&str] = &["`[`", "`.`", "`(`"];
+
+/// Literal tokens worth naming, in the order they are listed: the connectors items and
+/// statements require (tokens that begin a rule, such as `(` or an operator, are named by
+/// the rule's words instead; `;` is an optional separator and never the fix).
+const LITERALS: &[&str] = &["->", "=", ":", "..", ")", "]", "}", ","];
+
+fn literal_words(tried: &[String], rules: &[Rule]) -> Vec<&'static str> {
+    LITERALS
+        .iter()
+        .filter(|l| tried.iter().any(|t| t == *l))
+        // `=` is already one of the assignment operators when those are expected.
+        .filter(|l| !(**l == "=" && rules.contains(&Rule::assign_op)))
+        .map(|l| match *l {
+            "->" => "`->`",
+            "=" => "`=`",
+            ":" => "`:`",
+            ".." => "`..`",
+            ")" => "`)`",
+            "]" => "`]`",
+            "}" => "`}`",
+            _ => "`,`",
+        })
+        .collect()
+}
+
+/// "expected an operator" where two terms stand side by side (`0.5 h.a`): at the second term.
+/// Two shapes reach here: inside an expression only operators were expected at `pos`; at
+/// statement level the second term was read as the start of a new statement (`h.r = 0.5 h.a`
+/// then `}`), so the parser wanted `=` after it, and the term follows the previous one on
+/// the same line.
+fn missing_operator(file: FileId, text: &str, toks: &[Tok], pos: usize, rules: &[Rule]) -> Option<Diagnostic> {
+    let before = toks.iter().take_while(|t| t.lo < pos).count();
+    let (first, last) = if !rules.is_empty() && rules.iter().all(is_infix) {
+        toks.get(before).filter(|t| t.lo == pos && t.starts_operand(text))?;
+        (before, before + term_len(text, &toks[before..]) - 1)
+    } else if rules.contains(&Rule::assign_op) && before > 0 {
+        (lvalue_start(text, &toks[..before])?, before - 1)
+    } else {
+        return None;
+    };
+    let prev = toks.get(first.checked_sub(1)?)?;
+    if !prev.ends_operand(text) || text[prev.hi..toks[first].lo].contains('\n') {
+        return None;
+    }
+    let (lo, hi) = (toks[first].lo, toks[last].hi);
+    let term = &text[lo..hi];
+    let left = &text[prev.lo..prev.hi];
+    let help = if prev.kind == TokKind::Punct {
+        format!("write the operator before `{term}`: `* {term}` for a product")
+    } else {
+        format!("write the operator between the two terms: `{left} * {term}` for a product")
+    };
+    Some(
+        Diagnostic::error("circ::parse::syntax", Span::new(file, lo, hi), format!("expected an operator, found `{term}`"))
+            .label("expected an operator before this")
+            .help(help),
+    )
+}
+
+fn is_infix(r: &Rule) -> bool {
+    matches!(
+        r,
+        Rule::or_op
+            | Rule::and_op
+            | Rule::eq_op
+            | Rule::ne_op
+            | Rule::le_op
+            | Rule::ge_op
+            | Rule::lt_op
+            | Rule::gt_op
+            | Rule::add_op
+            | Rule::sub_op
+            | Rule::mul_op
+            | Rule::div_op
+            | Rule::rem_op
+            | Rule::pow_op
+            | Rule::kw_and
+            | Rule::kw_or
+    )
+}
+
+/// The index of the first token of the assignment target that ends `toks`: `h`, `h.a`,
+/// `h[l].a`, `W.w`.
+fn lvalue_start(text: &str, toks: &[Tok]) -> Option<usize> {
+    let mut i = toks.len().checked_sub(1)?;
+    loop {
+        // A family member `h[l]`: back over the index to the family's name.
+        if toks[i].is(text, "]") {
+            let mut depth = 0usize;
+            loop {
+                if toks[i].is(text, "]") {
+                    depth += 1;
+                } else if toks[i].is(text, "[") {
+                    depth -= 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                i = i.checked_sub(1)?;
+            }
+            i = i.checked_sub(1)?;
+        }
+        if toks[i].kind != TokKind::Name {
+            return None;
+        }
+        // `.field` after the entity: the entity is further left.
+        if i >= 2 && toks[i - 1].is(text, ".") {
+            i -= 2;
+        } else {
+            return Some(i);
+        }
+    }
+}
+
+/// How many tokens the term starting `toks` spans: a name with its `.field`s and `[index]`
+/// or `(args)` brackets, a number, or a bracketed group.
+fn term_len(text: &str, toks: &[Tok]) -> usize {
+    let mut n = 1;
+    let mut depth = usize::from(toks[0].is(text, "("));
+    while let Some(t) = toks.get(n) {
+        let s = &text[t.lo..t.hi];
+        if depth > 0 {
+            match s {
+                "(" | "[" => depth += 1,
+                ")" | "]" => depth -= 1,
+                _ => {}
+            }
+        } else if s == "(" || s == "[" {
+            depth = 1;
+        } else if s == "." && toks.get(n + 1).is_some_and(|x| x.kind == TokKind::Name) {
+            n += 1;
+        } else {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TokKind {
+    Name,
+    Number,
+    Str,
+    Punct,
+}
+
+/// A token of the small lexer error reporting uses to find terms and the text it found.
+#[derive(Clone, Copy, Debug)]
+struct Tok {
+    kind: TokKind,
+    lo: usize,
+    hi: usize,
+}
+
+impl Tok {
+    fn is(&self, text: &str, s: &str) -> bool {
+        &text[self.lo..self.hi] == s
+    }
+    /// Whether a term can end with this token.
+    fn ends_operand(&self, text: &str) -> bool {
+        match self.kind {
+            TokKind::Name => {
+                let w = &text[self.lo..self.hi];
+                w == "true" || w == "false" || !is_reserved(w)
+            }
+            TokKind::Number => true,
+            TokKind::Str => false,
+            TokKind::Punct => self.is(text, ")") || self.is(text, "]"),
+        }
+    }
+    /// Whether a term can begin with this token.
+    fn starts_operand(&self, text: &str) -> bool {
+        match self.kind {
+            TokKind::Name => {
+                let w = &text[self.lo..self.hi];
+                w == "true" || w == "false" || !is_reserved(w)
+            }
+            TokKind::Number => true,
+            TokKind::Str => false,
+            TokKind::Punct => self.is(text, "("),
+        }
+    }
+}
+
+/// Operators and connectors of more than one character, longest first.
+const MULTI_PUNCT: &[&str] = &["->", "+=", "-=", "*=", ":=", "==", "!=", "<=", ">=", "&&", "||", "..", "^T"];
+
+/// Splits text into tokens, skipping whitespace and comments. Total on any input: an
+/// unterminated comment or string ends at the end of the text.
+fn lex(text: &str) -> Vec<Tok> {
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let rest = &text[i..];
+        let c = rest.chars().next().unwrap_or(' ');
+        if c.is_whitespace() || c == '\u{feff}' {
+            i += c.len_utf8();
+        } else if rest.starts_with("//") {
+            i += rest.find('\n').unwrap_or(rest.len());
+        } else if rest.starts_with("/*") {
+            i += rest.find("*/").map_or(rest.len(), |j| j + 2);
+        } else {
+            let len = token_len(rest);
+            let kind = match c {
+                c if c.is_ascii_alphabetic() || c == '_' => TokKind::Name,
+                c if c.is_ascii_digit() => TokKind::Number,
+                '.' if rest[1..].starts_with(|d: char| d.is_ascii_digit()) => TokKind::Number,
+                '"' => TokKind::Str,
+                _ => TokKind::Punct,
+            };
+            out.push(Tok { kind, lo: i, hi: i + len });
+            i += len;
+        }
+    }
+    out
+}
+
+/// Byte length of the token at the start of `rest` (non-empty, not whitespace).
+fn token_len(rest: &str) -> usize {
+    let b = rest.as_bytes();
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    match b[0] {
+        c if c.is_ascii_alphabetic() || c == b'_' => b.iter().take_while(|&&c| ident(c)).count(),
+        c if c.is_ascii_digit() || (c == b'.' && b.get(1).is_some_and(u8::is_ascii_digit)) => {
+            let mut n = b.iter().take_while(|c| c.is_ascii_digit()).count();
+            if b.get(n) == Some(&b'.') && b.get(n + 1) != Some(&b'.') {
+                n += 1;
+                n += b[n..].iter().take_while(|c| c.is_ascii_digit()).count();
+            }
+            if matches!(b.get(n), Some(b'e' | b'E')) {
+                let sign = usize::from(matches!(b.get(n + 1), Some(b'+' | b'-')));
+                let digits = b[(n + 1 + sign).min(b.len())..].iter().take_while(|c| c.is_ascii_digit()).count();
+                if digits > 0 {
+                    n += 1 + sign + digits;
+                }
+            }
+            n
+        }
+        b'"' => rest[1..].find(['"', '\n']).map_or(rest.len(), |j| if b[j + 1] == b'"' { j + 2 } else { j + 1 }),
+        _ => MULTI_PUNCT.iter().find(|p| rest.starts_with(**p)).map_or_else(|| rest.chars().next().map_or(1, char::len_utf8), |p| p.len()),
+    }
+}
+
+/// The text of the token at `pos` as a user would name it: a name with its `.field`s
+/// (`h.a`), a number, a string, or one operator or punctuation mark; empty at the end.
+fn token_at(text: &str, pos: usize) -> &str {
+    let rest = &text[pos..];
+    if rest.is_empty() {
+        return rest;
+    }
+    let mut n = token_len(rest);
+    if rest.as_bytes()[0].is_ascii_alphabetic() || rest.as_bytes()[0] == b'_' {
+        while rest[n..].starts_with('.') && rest[n + 1..].starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+            n += 1 + token_len(&rest[n + 1..]);
+        }
+    }
+    &rest[..n]
 }
 
 fn is_reserved(tok: &str) -> bool {
@@ -234,7 +535,28 @@ fn rule_words(r: &Rule) -> Option<&'static str> {
         | Rule::experiment_item
         | Rule::for_item
         | Rule::if_item => "a declaration (`param`, `pop`, `path`, `phase`, `plasticity`, ...)",
+        Rule::kw_import
+        | Rule::kw_param
+        | Rule::kw_meta
+        | Rule::kw_signal
+        | Rule::kw_input
+        | Rule::kw_target
+        | Rule::kw_pop
+        | Rule::kw_path
+        | Rule::kw_phase
+        | Rule::kw_plasticity
+        | Rule::kw_rule
+        | Rule::kw_fn
+        | Rule::kw_monitor
+        | Rule::kw_experiment
+        | Rule::kw_precision => "a declaration (`param`, `pop`, `path`, `phase`, `plasticity`, ...)",
         Rule::circuit_decl => "`circuit NAME`",
+        Rule::kw_to => "`to`",
+        Rule::kw_at => "`at`",
+        Rule::kw_in => "`in`",
+        Rule::kw_locality => "`locality`",
+        Rule::kw_steps => "`steps`",
+        Rule::kw_dt => "`dt`",
         Rule::tier => "a locality tier (synapse, neuron, population, projection, nonlocal)",
         Rule::ty => "a type (int, float, bool)",
         Rule::ident => "a name",
@@ -292,22 +614,33 @@ fn rule_words(r: &Rule) -> Option<&'static str> {
     })
 }
 
-fn words(rules: &[Rule]) -> String {
+/// The words for a set of rules, each once, in order. Statement keywords stand for "a
+/// statement", and then a bare name is the start of one (an assignment), not just a name.
+fn rule_word_list(rules: &[Rule]) -> Vec<&'static str> {
+    let statement = rules.iter().any(|r| matches!(r, Rule::kw_when | Rule::kw_apply | Rule::kw_d));
     let mut ws: Vec<&str> = Vec::new();
     for r in rules {
-        if let Some(w) = rule_words(r) {
+        let w = match r {
+            Rule::kw_when | Rule::kw_apply | Rule::kw_d | Rule::kw_for | Rule::kw_if if statement => Some("a statement"),
+            Rule::ident if statement => Some("a statement"),
+            // At item level `for`/`if` begin declarations, named by the other item keywords.
+            Rule::kw_for | Rule::kw_if => None,
+            r => rule_words(r),
+        };
+        if let Some(w) = w {
             if !ws.contains(&w) {
                 ws.push(w);
             }
         }
     }
-    match ws.len() {
-        0 => String::new(),
-        1 => ws[0].to_string(),
-        _ => {
-            let last = ws.pop().unwrap_or_default();
-            format!("{} or {}", ws.join(", "), last)
-        }
+    ws
+}
+
+fn join_words(ws: &[&str]) -> String {
+    match ws {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [init @ .., last] => format!("{} or {}", init.join(", "), last),
     }
 }
 
@@ -938,5 +1271,51 @@ fn reduce(operands: &mut Vec<Expr>, op: Op, op_span: Span) {
                 operands.push(Expr { span: op_span.to(e.span), kind: ExprKind::Unary { op, expr: Box::new(e) } });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every prefix of a real program, and the program with each character removed, ends in
+    /// a program or one diagnostic with a label: the error path never panics.
+    #[test]
+    fn parse_errors_are_total() {
+        let text = include_str!("../../stdlib/fa.circ");
+        let cuts = text.char_indices().map(|(i, _)| i).chain([text.len()]);
+        for i in cuts.step_by(3) {
+            if let Err(d) = parse(0, &text[..i]) {
+                assert!(!d.label.is_empty() && d.help.is_some(), "{d:?}");
+            }
+            let mut removed = text.to_string();
+            if i < text.len() {
+                removed.remove(i);
+            }
+            if let Err(d) = parse(0, &removed) {
+                assert!(!d.label.is_empty() && d.help.is_some(), "{d:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn found_token_is_one_token() {
+        assert_eq!(token_at("out[2] { a }", 0), "out");
+        assert_eq!(token_at("h.a) + 1", 0), "h.a");
+        assert_eq!(token_at("-> h", 0), "->");
+        assert_eq!(token_at("1e-3 x", 0), "1e-3");
+        assert_eq!(token_at("ᵀ(e)", 0), "ᵀ");
+        assert_eq!(token_at("", 0), "");
+    }
+
+    #[test]
+    fn missing_operator_is_reported_at_the_second_term() {
+        let text = "input x[4]\npop h[4] { a, r }\nphase f {\n  h.r = 0.5 h[1].a\n}\n";
+        let d = parse(0, text).unwrap_err();
+        assert_eq!(&text[d.span.lo as usize..d.span.hi as usize], "h[1].a");
+        // On its own line, a target without `=` is a statement missing its operator.
+        let text = "input x[4]\npop h[4] { a, r }\nphase f {\n  h.r = 0.5\n  h.a\n}\n";
+        let d = parse(0, text).unwrap_err();
+        assert!(d.message.starts_with("expected `=`"), "{}", d.message);
     }
 }

@@ -42,6 +42,9 @@ fn loop_ir_snapshots() {
             continue;
         }
         let p = pipeline::lower(c, c.experiment.batch).unwrap_or_else(|d| panic!("{}: {d:?}", f.display()));
+        // Compilation is deterministic: the same source gives the same loop IR every time.
+        let again = pipeline::lower(c, c.experiment.batch).unwrap_or_else(|d| panic!("{}: {d:?}", f.display()));
+        assert_eq!(p.to_string(), again.to_string(), "{}: lowering is not deterministic", f.display());
         insta::assert_snapshot!(format!("lir__{}", common::short_name(&f)), p.to_string());
     }
 }

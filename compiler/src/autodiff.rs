@@ -18,7 +18,7 @@
 use crate::ast::{AssignOp, BinOp, UnOp};
 use crate::diag::{Diagnostic, Span};
 use crate::hir::*;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Expands every `grad(...)` of a checked circuit. Returns the circuit unchanged when it has
 /// none.
@@ -279,7 +279,7 @@ pub fn partial(f: Func, args: &[Expr], i: usize, span: Span) -> Expr {
 type GradExpr = ((PathId, VarId), Expr);
 
 /// A place that receives adjoint contributions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Node {
     Var(PopId, VarId),
     Signal(SignalId),
@@ -321,12 +321,12 @@ struct LoopCtx {
     earlier: HashSet<Node>,
     /// Variables assigned later in the iteration (read here with last iteration's value):
     /// their adjoints flow into these carries, consumed one iteration earlier.
-    carries: HashMap<Node, Expr>,
+    carries: BTreeMap<Node, Expr>,
     /// Loop-invariant variables: adjoints accumulate here over all iterations.
-    accs: HashMap<Node, Expr>,
+    accs: BTreeMap<Node, Expr>,
     /// Recorded histories of each loop variable (after assignment / at iteration start).
-    hist_out: HashMap<Node, usize>,
-    hist_in: HashMap<Node, usize>,
+    hist_out: BTreeMap<Node, usize>,
+    hist_in: BTreeMap<Node, usize>,
     /// Forward statements to insert into the loop body: (before statement index, statement).
     record: Vec<(usize, Stmt)>,
     /// The statement being differentiated.
@@ -504,15 +504,17 @@ impl<'a> Backward<'a> {
         // Which node each statement assigns, and where in the body.
         let assigns: Vec<Option<Node>> =
             body.iter().map(|s| if let StmtKind::Assign { target, .. } = &s.kind { node_of(*target) } else { None }).collect();
-        let in_loop: HashSet<Node> = assigns.iter().flatten().copied().collect();
+        // Ordered sets and maps throughout: the order of generated statements and of the terms
+        // of each sum must not depend on hashing, or runs would not be reproducible.
+        let in_loop: BTreeSet<Node> = assigns.iter().flatten().copied().collect();
         let mut lc = LoopCtx {
             len,
             values: HashMap::new(),
             earlier: HashSet::new(),
-            carries: HashMap::new(),
-            accs: HashMap::new(),
-            hist_out: HashMap::new(),
-            hist_in: HashMap::new(),
+            carries: BTreeMap::new(),
+            accs: BTreeMap::new(),
+            hist_out: BTreeMap::new(),
+            hist_in: BTreeMap::new(),
             record: Vec::new(),
             at: 0,
             local: HashMap::new(),
@@ -533,7 +535,7 @@ impl<'a> Backward<'a> {
                 let later = assigns.iter().skip(k).flatten().any(|x| *x == n);
                 let before = assigns.iter().take(k).flatten().any(|x| *x == n);
                 if let (Node::Var(pop, var), true, false) = (n, later, before) {
-                    if let std::collections::hash_map::Entry::Vacant(e) = lc.hist_in.entry(n) {
+                    if let std::collections::btree_map::Entry::Vacant(e) = lc.hist_in.entry(n) {
                         let h = self.new_history_len(pop, "in", len);
                         e.insert(h);
                         lc.record.push((0, record_stmt(h, pop, var, self.span)));

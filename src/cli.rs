@@ -115,13 +115,13 @@ fn std_cmd(name: Option<&str>) -> i32 {
         None => {
             for (n, text) in circ_compiler::stdlib::FILES {
                 let first = text.lines().find(|l| l.starts_with("//")).unwrap_or("").trim_start_matches('/').trim();
-                println!("{n:24} {first}");
+                outln!("{n:24} {first}");
             }
             0
         }
         Some(n) => match circ_compiler::stdlib::get(n).or_else(|| circ_compiler::stdlib::get(&format!("{n}.circ"))) {
             Some(t) => {
-                print!("{t}");
+                out!("{t}");
                 0
             }
             None => {
@@ -218,16 +218,16 @@ fn check(files: &[PathBuf], report: bool, json: bool, set: &[String]) -> i32 {
             code = 1;
         }
         if json {
-            println!("{}", check_json(f, &fe));
+            outln!("{}", check_json(f, &fe));
             continue;
         }
         print_diags(&fe.diags, &fe.sources);
         if let (Some(c), Some(r)) = (&fe.circuit, &fe.report) {
             if report {
-                print!("{}", locality::render_report(c, r, &fe.sources));
+                out!("{}", locality::render_report(c, r, &fe.sources));
             } else if !fe.has_errors() {
                 let claim = c.claim.map(|(t, _)| format!(" (claimed {})", t.name())).unwrap_or_default();
-                println!("{}: ok, circuit `{}` is {}{}", f.display(), c.name, r.tier.name(), claim);
+                outln!("{}: ok, circuit `{}` is {}{}", f.display(), c.name, r.tier.name(), claim);
             }
         }
     }
@@ -302,7 +302,7 @@ fn ir(file: &std::path::Path, stage: &str, set: &[String], batch: Option<usize>)
         let id = sources.add(file.to_string_lossy(), text.as_str());
         return match circ_compiler::syntax::parse(id, &text) {
             Ok(p) => {
-                println!("{p:#?}");
+                outln!("{p:#?}");
                 0
             }
             Err(d) => {
@@ -321,7 +321,7 @@ fn ir(file: &std::path::Path, stage: &str, set: &[String], batch: Option<usize>)
     print_diags(&fe.diags, &fe.sources);
     let Some(c) = fe.ok() else { return 1 };
     if stage == "hir" {
-        print!("{c}");
+        out!("{c}");
         return 0;
     }
     let batch = batch.unwrap_or(c.experiment.batch);
@@ -334,12 +334,12 @@ fn ir(file: &std::path::Path, stage: &str, set: &[String], batch: Option<usize>)
     };
     match stage {
         "lir" => {
-            print!("{p}");
+            out!("{p}");
             0
         }
         "clif" | "asm" => match circ_compiler::codegen::compile(&p, stage == "asm") {
             Ok(j) => {
-                print!("{}", if stage == "asm" { &j.asm } else { &j.clif });
+                out!("{}", if stage == "asm" { &j.asm } else { &j.clif });
                 0
             }
             Err(e) => {

@@ -5,6 +5,22 @@
 //! Invariant: never panics on user input; the work runs on a thread with a large stack so
 //! pathological (but accepted) programs cannot overflow it.
 
+/// Writes to stdout, ignoring a closed pipe (`circ ir FILE | head` must not panic).
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
+/// Like `out!`, with a newline.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
 mod cli;
 mod run;
 

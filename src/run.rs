@@ -161,15 +161,19 @@ pub fn run(a: RunArgs) -> i32 {
         fields.push((n.as_str(), (*v).into()));
     }
     if a.json {
-        println!("{}", metrics::final_json_line(&fields));
+        outln!("{}", metrics::final_json_line(&fields));
     } else {
         let mons: String = out.monitors.iter().map(|(n, v)| format!(", {n} {v:.3}")).collect();
-        println!(
+        outln!(
             "{}: test accuracy {:.4}, test loss {:.4} after {} steps ({:.2} s training){mons}",
-            c.name, out.test_acc, out.test_loss, out.steps, out.train_seconds
+            c.name,
+            out.test_acc,
+            out.test_loss,
+            out.steps,
+            out.train_seconds
         );
         if let Some(d) = &cfg.out {
-            println!("metrics, plots and checkpoint in {}", d.display());
+            outln!("metrics, plots and checkpoint in {}", d.display());
         }
     }
     0

@@ -295,6 +295,10 @@ pub fn train(
         if let Some((data, input, Some(readout))) = io {
             last_train = (pos.sum_loss / pos.seen.max(1) as f64, pos.sum_correct / pos.seen.max(1) as f64);
             last_test = evaluate(engine, state, input, info.target, readout, data, eval_batch, cfg.loss, &ctx);
+            if data.kind != TaskKind::Classification {
+                // Accuracy has no meaning for regression: report it as missing, not 0.
+                (last_train.1, last_test.1) = (f64::NAN, f64::NAN);
+            }
             metrics.record(
                 pos.global,
                 pos.epoch as u64 + 1,

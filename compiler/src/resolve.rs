@@ -5,13 +5,17 @@
 //! Output: a [`hir::Circuit`] (if no error prevented building one) and every diagnostic found.
 //! Invariants: params are evaluated in declaration order with overrides applied; `for`/`if`
 //! items and statements are unrolled with compile-time values; `fn` and `rule` bodies are
-//! inlined at each use with their own spans (the use site is kept in `Stmt::via`); recursion
-//! among `fn`s and `rule`s is reported, never followed. Declarations are collected in passes
+//! inlined at each use with their own spans (the use site is kept in `Stmt::via` for rules;
+//! the root of an inlined `fn` body takes the span of the call, so a diagnostic inside the body
+//! can name the call that inlined it); recursion among `fn`s and `rule`s is reported, never
+//! followed. A diagnostic found while expanding a `fn` or `rule` carries a label at each call or
+//! `apply` that led there, and identical diagnostics (a family loop body checked once per
+//! member) are reported once. Declarations are collected in passes
 //! (rules/fns, params, populations, pathways, then bodies), so order in the file does not
 //! matter except among params.
 
 use crate::ast::{self, BinOp, ExprKind as A, Item, StmtKind as S, UnOp};
-use crate::diag::{suggest, Diagnostic, FileId, Sources, Span};
+use crate::diag::{suggest, Diagnostic, FileId, Label, Sources, Span};
 use crate::hir::*;
 use crate::syntax;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -48,8 +52,7 @@ pub fn parse_override(text: &str) -> Result<Override, String> {
 }
 
 /// Keys of the `experiment` block that `--set` may also override.
-pub const EXPERIMENT_KEYS: &[&str] =
-    &["data", "epochs", "batch", "seed", "shuffle", "limit", "readout", "loss", "eval_batch", "steps", "monitor_every"];
+pub const EXPERIMENT_KEYS: &[&str] = &["data", "epochs", "batch", "seed", "shuffle", "limit", "readout", "loss", "eval_batch"];
 
 /// Builtin names that `fn` calls resolve to (for "did you mean").
 const BUILTIN_CALLS: &[&str] = &[
@@ -107,8 +110,6 @@ type Env = HashMap<String, Binding>;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Ctx {
-    /// Param defaults, sizes, bounds: constants only.
-    Const,
     /// Neuron equations in phases (and signal equations).
     Neuron,
     /// Synapse rules and effective weights of one pathway.
@@ -137,6 +138,11 @@ struct Resolver<'a> {
     experiment: Experiment,
     /// fn/rule names being expanded (recursion check).
     call_stack: Vec<String>,
+    /// The calls and `apply`s being expanded, outermost first, as labels for diagnostics
+    /// found inside the bodies.
+    expansions: Vec<Label>,
+    /// Diagnostics already reported, so a loop body does not report one per iteration.
+    reported: HashSet<String>,
     /// Per-path pending `weight`/`mask` expressions, resolved once every pathway exists.
     pending_weights: Vec<(PathId, Option<ast::Expr>, Option<ast::Expr>, Env)>,
 }
@@ -168,6 +174,8 @@ pub fn resolve(
         monitors: Vec::new(),
         experiment: Experiment::default(),
         call_stack: Vec::new(),
+        expansions: Vec::new(),
+        reported: HashSet::new(),
         pending_weights: Vec::new(),
     };
     let circuit = r.run(root, program);
@@ -175,8 +183,14 @@ pub fn resolve(
 }
 
 impl Resolver<'_> {
-    fn err(&mut self, d: Diagnostic) {
-        self.diags.push(d);
+    fn err(&mut self, mut d: Diagnostic) {
+        for l in &self.expansions {
+            d.secondary.push(l.clone());
+        }
+        let key = format!("{}|{:?}|{}|{:?}", d.code, d.span, d.message, d.secondary.iter().map(|l| l.span).collect::<Vec<_>>());
+        if self.reported.insert(key) {
+            self.diags.push(d);
+        }
     }
 
     fn run(&mut self, root: FileId, program: ast::Program) -> Option<Circuit> {
@@ -317,6 +331,7 @@ impl Resolver<'_> {
                 if depth > 32 {
                     self.err(
                         Diagnostic::error("circ::import::too_deep", *span, "imports nested more than 32 deep")
+                            .label("the 33rd import of a chain")
                             .help("imports form a chain that is too long; check for generated import loops"),
                     );
                     continue;
@@ -392,7 +407,7 @@ impl Resolver<'_> {
                     )
                     .label(format!("expected {t}"))
                     .with(ty.span, "declared type")
-                    .help(format!("give a {t} value"));
+                    .help(format!("give {} value", with_article(t)));
                     self.err(d);
                     x
                 }
@@ -409,17 +424,32 @@ impl Resolver<'_> {
     fn const_eval(&mut self, e: &ast::Expr, env: &Env) -> Option<Value> {
         match self.try_const(e, env) {
             Ok(v) => Some(v),
-            Err((span, why)) => {
+            Err(ConstError::NotConst(span, why)) => {
                 let d = Diagnostic::error("circ::type::not_const", span, format!("expected a compile-time constant: {why}"))
                     .label("not a constant")
                     .help("sizes, loop bounds, conditions of `if` and params must be computed from numbers, params and loop indices");
                 self.err(d);
                 None
             }
+            Err(ConstError::DivZero(divisor)) => {
+                let d = Diagnostic::error("circ::type::div_zero", divisor, "division by zero in a compile-time constant")
+                    .label("this divisor is 0")
+                    .help("give the divisor a value other than 0 (a param's value can be changed with `--set NAME=VALUE`)");
+                self.err(d);
+                None
+            }
+            Err(ConstError::Overflow(span)) => {
+                let d = Diagnostic::error("circ::type::overflow", span, "a compile-time constant overflows")
+                    .label("too large for a 64-bit number")
+                    .help("constants are 64-bit integers (up to about 9.2e18) or floats (up to about 1.8e308)");
+                self.err(d);
+                None
+            }
         }
     }
 
-    fn try_const(&self, e: &ast::Expr, env: &Env) -> Result<Value, (Span, String)> {
+    fn try_const(&self, e: &ast::Expr, env: &Env) -> Result<Value, ConstError> {
+        let not_const = |why: String| ConstError::NotConst(e.span, why);
         // Explicit stack evaluation would be overkill: nesting is bounded by the parser's
         // MAX_NESTING and operand count, so recursion depth is bounded too.
         match &e.kind {
@@ -431,7 +461,7 @@ impl Resolver<'_> {
                 }
             }
             A::Bool(b) => Ok(Value::Bool(*b)),
-            A::Str(_) => Err((e.span, "a string".into())),
+            A::Str(_) => Err(not_const("a string".into())),
             A::Ref { entity, field: None } if entity.index.is_none() => {
                 let n = &entity.name.name;
                 match env.get(n) {
@@ -440,20 +470,20 @@ impl Resolver<'_> {
                         if let ExprKind::Const(c) = x.kind {
                             return Ok(Value::Float(c));
                         }
-                        return Err((e.span, format!("`{n}` is not a constant here")));
+                        return Err(not_const(format!("`{n}` is not a constant here")));
                     }
                     None => {}
                 }
                 if let Some(v) = self.find_param(n) {
                     return Ok(v);
                 }
-                Err((e.span, format!("`{n}` is not a param or loop index")))
+                Err(not_const(format!("`{n}` is not a param or loop index")))
             }
-            A::Ref { .. } => Err((e.span, "a variable reference".into())),
+            A::Ref { .. } => Err(not_const("a variable reference".into())),
             A::Unary { op, expr } => {
                 let v = self.try_const(expr, env)?;
                 Ok(match (op, v) {
-                    (UnOp::Neg, Value::Int(i)) => Value::Int(i.checked_neg().ok_or((e.span, "integer overflow".to_string()))?),
+                    (UnOp::Neg, Value::Int(i)) => Value::Int(i.checked_neg().ok_or(ConstError::Overflow(e.span))?),
                     (UnOp::Neg, x) => Value::Float(-x.as_f64()),
                     (UnOp::Not, x) => Value::Bool(x.as_f64() == 0.0),
                 })
@@ -461,7 +491,12 @@ impl Resolver<'_> {
             A::Binary { op, lhs, rhs } => {
                 let a = self.try_const(lhs, env)?;
                 let b = self.try_const(rhs, env)?;
-                const_binop(*op, a, b).ok_or((e.span, "arithmetic overflow or division by zero".into()))
+                if matches!(op, BinOp::Div | BinOp::Rem) && b.as_f64() == 0.0 {
+                    return Err(ConstError::DivZero(rhs.span));
+                }
+                // With a non-zero divisor, folding fails only on overflow (a checked integer
+                // operation, or a float result that is not finite).
+                const_binop(*op, a, b).ok_or(ConstError::Overflow(e.span))
             }
             A::Call { callee, index: None, transpose: false, args } => {
                 let f = callee.name.as_str();
@@ -471,7 +506,7 @@ impl Resolver<'_> {
                             return Ok(Value::Int(self.pops[p].size as i64));
                         }
                     }
-                    return Err((e.span, "size() takes a population".into()));
+                    return Err(not_const("size() takes a population".into()));
                 }
                 let vals: Result<Vec<f64>, _> = args.iter().map(|a| self.try_const(a, env).map(|v| v.as_f64())).collect();
                 let v = vals?;
@@ -486,17 +521,17 @@ impl Resolver<'_> {
                     ("min", [x, y]) => x.min(*y),
                     ("max", [x, y]) => x.max(*y),
                     ("pow", [x, y]) => x.powf(*y),
-                    _ => return Err((e.span, format!("`{f}` cannot be computed at compile time"))),
+                    _ => return Err(not_const(format!("`{f}` cannot be computed at compile time"))),
                 };
                 if !r.is_finite() {
-                    return Err((e.span, "the result is not finite".into()));
+                    return Err(not_const(format!("`{f}` of these arguments is not a finite number")));
                 }
                 if ["floor", "ceil", "round"].contains(&f) && r.abs() < 9.0e15 {
                     return Ok(Value::Int(r as i64));
                 }
                 Ok(Value::Float(r))
             }
-            A::Call { .. } => Err((e.span, "a call".into())),
+            A::Call { .. } => Err(not_const("a call".into())),
         }
     }
 
@@ -505,6 +540,14 @@ impl Resolver<'_> {
         match v {
             Value::Int(i) => Some(i),
             Value::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Some(f as i64),
+            // A whole number too large for an integer (a literal past i64, or float arithmetic).
+            Value::Float(f) if f.fract() == 0.0 => {
+                let d = Diagnostic::error("circ::type::int_range", e.span, format!("{what} is out of range: {v}"))
+                    .label("too large for an integer")
+                    .help("integers here must lie within ±9e15");
+                self.err(d);
+                None
+            }
             _ => {
                 let d = Diagnostic::error("circ::type::not_int", e.span, format!("{what} must be an integer, found {v}"))
                     .label("not an integer")
@@ -516,15 +559,21 @@ impl Resolver<'_> {
     }
 
     fn size(&mut self, e: &ast::Expr, env: &Env) -> Option<usize> {
-        let n = self.const_int(e, env, "a size")?;
-        if n <= 0 || n > (1 << 31) {
-            let d = Diagnostic::error("circ::shape::bad_size", e.span, format!("size {n} is out of range"))
-                .label("sizes must be between 1 and 2^31")
-                .help("check the param this size is computed from");
-            self.err(d);
-            return None;
+        // A whole number too large for an integer is a size out of range, not a non-integer.
+        let n = match self.try_const(e, env) {
+            Ok(Value::Float(f)) if f.fract() == 0.0 && f.abs() >= 9.0e15 => Value::Float(f),
+            _ => Value::Int(self.const_int(e, env, "a size")?),
+        };
+        match n {
+            Value::Int(i) if i > 0 && i <= 1 << 31 => Some(i as usize),
+            _ => {
+                let d = Diagnostic::error("circ::shape::bad_size", e.span, format!("size {n} is out of range"))
+                    .label("sizes must be between 1 and 2^31")
+                    .help("a size is a whole number from 1 to 2^31 (2147483648); check the number or the params it is computed from");
+                self.err(d);
+                None
+            }
         }
-        Some(n as usize)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -534,6 +583,7 @@ impl Resolver<'_> {
         for it in items {
             match it {
                 Item::For { var, reverse, lo, hi, items, .. } => {
+                    let range = lo.span.to(hi.span);
                     // Bounds are evaluated (and reported) once, in pass 2.
                     let (lo, hi) = if pass == 2 {
                         (self.const_int(lo, env, "a loop bound"), self.const_int(hi, env, "a loop bound"))
@@ -545,9 +595,9 @@ impl Resolver<'_> {
                     };
                     if hi.saturating_sub(lo) > 100_000 {
                         if pass == 2 {
-                            let d =
-                                Diagnostic::error("circ::shape::loop_too_long", it.span(), format!("a family of {} members", hi - lo + 1))
-                                    .help("families are unrolled at compile time; keep them under 100000 members");
+                            let d = Diagnostic::error("circ::shape::loop_too_long", range, format!("a family of {} members", hi - lo + 1))
+                                .label("one member per value")
+                                .help("families are unrolled at compile time; keep them under 100000 members");
                             self.err(d);
                         }
                         continue;
@@ -570,16 +620,19 @@ impl Resolver<'_> {
                 }
                 Item::Param { span, .. } if pass == 2 && !env.is_empty() => {
                     let d = Diagnostic::error("circ::name::param_in_loop", *span, "params must be declared at the top level")
-                        .help("move the param out of the `for`/`if`");
+                        .label("inside a `for` or `if`")
+                        .help("move the param out of the `for`/`if`; params are global constants");
                     self.err(d);
                 }
                 Item::Fn(f) if pass == 2 && !env.is_empty() => {
                     let d = Diagnostic::error("circ::name::def_in_loop", f.span, "fns must be defined at the top level")
+                        .label("inside a `for` or `if`")
                         .help("move the definition out of the `for`/`if`");
                     self.err(d);
                 }
                 Item::Rule(r) if pass == 2 && !env.is_empty() => {
                     let d = Diagnostic::error("circ::name::def_in_loop", r.span, "rules must be defined at the top level")
+                        .label("inside a `for` or `if`")
                         .help("move the definition out of the `for`/`if`");
                     self.err(d);
                 }
@@ -684,6 +737,15 @@ impl Resolver<'_> {
         if clash_global {
             self.name_taken(&name.name, name.span);
             return false;
+        }
+        // `W(x)` would transmit through the pathway and the fn could never be called. The
+        // pathway is still declared, so its uses resolve and report nothing more.
+        if let (EntityKind::Path, Some(f)) = (kind, self.fns.get(&name.name)) {
+            let d = Diagnostic::error("circ::name::duplicate", name.span, format!("`{}` names both a fn and a pathway", name.name))
+                .label("pathway declared here")
+                .with(f.name.span, "fn defined here")
+                .help(format!("rename one of them: `{}(x)` transmits through the pathway, so the fn is never called", name.name));
+            self.err(d);
         }
         match self.entities.get_mut(&name.name) {
             None => {
@@ -976,7 +1038,8 @@ impl Resolver<'_> {
                 let c = self.const_eval(rhs, env)?.as_f64();
                 if c == 0.0 {
                     let d = Diagnostic::error("circ::init::div_zero", rhs.span, "division by zero in an init law")
-                        .help("the divisor evaluates to 0");
+                        .label("this divisor is 0")
+                        .help("give the divisor a value other than 0 (a param's value can be changed with `--set NAME=VALUE`)");
                     self.err(d);
                     return None;
                 }
@@ -1137,6 +1200,7 @@ impl Resolver<'_> {
             A::Bool(b) => ExprKind::Const(*b as i64 as f64),
             A::Str(_) => {
                 let d = Diagnostic::error("circ::type::string", span, "a string cannot be used as a value")
+                    .label("a string")
                     .help("strings are only used by `import`");
                 self.err(d);
                 return None;
@@ -1172,11 +1236,6 @@ impl Resolver<'_> {
     fn reference(&mut self, entity: &ast::EntityRef, field: Option<&ast::Ident>, env: &Env, ctx: Ctx, span: Span) -> Option<Expr> {
         let name = entity.name.name.as_str();
         let mk = |kind| Some(Expr { kind, span });
-        if ctx == Ctx::Const {
-            let d = Diagnostic::error("circ::type::not_const", span, "expected a compile-time constant").label("not a constant");
-            self.err(d);
-            return None;
-        }
         // pre./post. in synapse context.
         if let (Ctx::Synapse(pid), true, None) = (ctx, name == "pre" || name == "post", &entity.index) {
             if !env.contains_key(name) {
@@ -1381,11 +1440,6 @@ impl Resolver<'_> {
         span: Span,
     ) -> Option<Expr> {
         let name = callee.name.as_str();
-        if ctx == Ctx::Const {
-            let d = Diagnostic::error("circ::type::not_const", span, "expected a compile-time constant").label("not a constant");
-            self.err(d);
-            return None;
-        }
         // `self(x)` / `self^T(y)` in a rule: transmission through the pathway being updated
         // (so a generic rule such as Oja's subspace rule can name its own back-projection).
         if let (Ctx::Synapse(pid), "self", None, false) = (ctx, name, index, self.entities.contains_key("self")) {
@@ -1462,9 +1516,12 @@ impl Resolver<'_> {
                 fenv.insert(p.name.clone(), Binding::Expr(v));
             }
             self.call_stack.push(name.to_string());
+            self.expansions.push(Label { span, text: format!("in this call of `{name}`") });
             let r = self.expr(&f.body, &fenv, ctx);
+            self.expansions.pop();
             self.call_stack.pop();
-            return r;
+            // The inlined body stands where the call was written.
+            return r.map(|e| Expr { span, ..e });
         }
         let nargs = args.len();
         let mut resolved = Vec::with_capacity(nargs);
@@ -1747,6 +1804,7 @@ impl Resolver<'_> {
                 Some(n) if (1..=10_000_000).contains(&n) => n as usize,
                 Some(n) => {
                     let d = Diagnostic::error("circ::shape::bad_repeat", e.span, format!("repeat count {n} is out of range"))
+                        .label("out of range")
                         .help("a phase repeats between 1 and 10^7 times per step");
                     self.err(d);
                     1
@@ -1848,6 +1906,7 @@ impl Resolver<'_> {
                 Some(n) if n >= 1 => Schedule::Every(n as u64),
                 Some(n) => {
                     let d = Diagnostic::error("circ::shape::bad_interval", e.span, format!("interval {n} must be at least 1"))
+                        .label("less than 1")
                         .help("write `every 1 steps` or leave the schedule out");
                     self.err(d);
                     return;
@@ -2149,7 +2208,9 @@ impl Resolver<'_> {
         }
         let first_new = out.len();
         self.call_stack.push(rule.name.clone());
+        self.expansions.push(Label { span, text: "from the rule applied here".into() });
         self.syn_stmts(&rd.body, &renv, Some((pid, span)), out);
+        self.expansions.pop();
         self.call_stack.pop();
         // State the rule declared but this application never touches (e.g. a momentum buffer
         // with momentum = 0) is dropped: it was appended last, so no id shifts.
@@ -2278,6 +2339,7 @@ impl Resolver<'_> {
                             span,
                             format!("`--set {}` needs a non-negative integer, found {v}", o.name),
                         )
+                        .label("the override applies to this circuit")
                         .help("give an integer");
                         self.err(d);
                         continue;
@@ -2292,6 +2354,7 @@ impl Resolver<'_> {
                         "seed" => x.seed = n as u64,
                         _ => {
                             let d = Diagnostic::error("circ::cli::bad_value", span, format!("`--set {}` must be at least 1", o.name))
+                                .label("the override applies to this circuit")
                                 .help("give a positive integer");
                             self.err(d);
                         }
@@ -2301,6 +2364,25 @@ impl Resolver<'_> {
                 _ => {}
             }
         }
+    }
+}
+
+/// Why an expression has no compile-time value.
+enum ConstError {
+    /// It reads something that is not a constant (the reason in words).
+    NotConst(Span, String),
+    /// A constant divided by a constant 0 (the divisor's span).
+    DivZero(Span),
+    /// Integer overflow, or a float result that is not finite.
+    Overflow(Span),
+}
+
+/// A type name with its indefinite article: "an int", "a float".
+fn with_article(t: &str) -> String {
+    if t.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        format!("an {t}")
+    } else {
+        format!("a {t}")
     }
 }
 

@@ -52,7 +52,8 @@ pub fn parse_override(text: &str) -> Result<Override, String> {
 }
 
 /// Keys of the `experiment` block that `--set` may also override.
-pub const EXPERIMENT_KEYS: &[&str] = &["data", "epochs", "batch", "seed", "shuffle", "limit", "readout", "loss", "eval_batch"];
+pub const EXPERIMENT_KEYS: &[&str] =
+    &["data", "epochs", "batch", "seed", "shuffle", "limit", "readout", "loss", "eval_batch", "steps", "monitor_every"];
 
 /// Builtin names that `fn` calls resolve to (for "did you mean").
 const BUILTIN_CALLS: &[&str] = &[

@@ -176,9 +176,13 @@ fn children(e: &Expr) -> Vec<&Expr> {
 fn neuron_tier(c: &Circuit, e: &Expr, pop: Option<PopId>) -> Verdict {
     let base = Verdict::new(Tier::Synapse, "scalars", e.span);
     match &e.kind {
-        ExprKind::Const(_) | ExprKind::Meta(_) | ExprKind::Signal(_) | ExprKind::Rand(_) | ExprKind::Time { .. } | ExprKind::StepCount | ExprKind::Hist { .. } => {
-            base
-        }
+        ExprKind::Const(_)
+        | ExprKind::Meta(_)
+        | ExprKind::Signal(_)
+        | ExprKind::Rand(_)
+        | ExprKind::Time { .. }
+        | ExprKind::StepCount
+        | ExprKind::Hist { .. } => base,
         // A mean over the samples of a batch is a temporal average at the same place.
         ExprKind::BatchMean(arg) => neuron_tier(c, arg, pop),
         ExprKind::Var { pop: q, .. } => {

@@ -48,6 +48,17 @@ pub fn run(a: RunArgs) -> i32 {
     let batch = a.batch.unwrap_or(x.batch).max(1);
     let seed = a.seed.unwrap_or(x.seed);
     let eval_batch = x.eval_batch.max(1);
+    if x.meta.is_some() {
+        let d = Diagnostic::error(
+            "circ::experiment::episodes",
+            x.span,
+            "episode loops (meta-learning) are checked and lowered, but `circ run` cannot drive them yet",
+        )
+        .label("declares `episodes`")
+        .help("remove the meta-learning keys to train one online run");
+        eprint!("{}", render(&[d], &fe.sources, crate::cli::color()));
+        return 1;
+    }
     let Some((data_name, data_span)) = x.data.clone() else {
         let d = Diagnostic::error("circ::experiment::no_data", x.span, "the experiment names no data")
             .label("no `data = ...`")

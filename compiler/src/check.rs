@@ -8,12 +8,18 @@
 //! Rules enforced here: operands of one expression live in compatible spaces (same population
 //! or broadcast scalars; in a rule, `pre`/`post`/synapse combine into the synapse space);
 //! a transmission's argument lives on the pathway's sending population; a per-step variable
-//! is written before it is read within a step (`state` variables carry over); rules change
-//! only plastic pathways; monitor-only functions appear only in monitors.
+//! is written before it is read within a step (`state` variables carry over), on every path
+//! through the step: a write under a `when` counts only where both branches write; an ODE
+//! integrates from the last step, so its variable is `state`; rules change only plastic
+//! pathways; monitor-only functions appear only in monitors; a rule reads the label only
+//! through a neuron variable of its root.
+//!
+//! A diagnostic inside an applied rule carries a label at the `apply`; one inside an inlined
+//! `fn` body carries a label at the call (see [`call_site`]).
 
 use crate::diag::{Diagnostic, Span};
 use crate::hir::*;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// Where an expression is evaluated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,7 +34,7 @@ pub enum Ctx {
 
 /// Checks a circuit; returns every diagnostic.
 pub fn check(c: &Circuit) -> Vec<Diagnostic> {
-    let mut ck = Checker { c, diags: Vec::new() };
+    let mut ck = Checker { c, diags: Vec::new(), last_write: HashMap::new() };
     ck.run();
     ck.diags
 }
@@ -36,6 +42,17 @@ pub fn check(c: &Circuit) -> Vec<Diagnostic> {
 struct Checker<'a> {
     c: &'a Circuit,
     diags: Vec<Diagnostic>,
+    /// The statement that last wrote each target (to point at a write under a `when`).
+    last_write: HashMap<Target, Span>,
+}
+
+/// What a step has written so far.
+#[derive(Clone, Default)]
+struct Written {
+    /// Written on every path through the step.
+    all: HashSet<Target>,
+    /// Written only under a `when` (for some neurons), with the statement that writes it.
+    partly: HashMap<Target, Span>,
 }
 
 fn describe(c: &Circuit, idx: Idx, ctx: Ctx) -> String {
@@ -91,23 +108,10 @@ pub fn space_of(c: &Circuit, e: &Expr, ctx: Ctx) -> Result<Space, Diagnostic> {
         ExprKind::BatchMean(arg) => Space { batched: false, ..space_of(c, arg, ctx)? },
         ExprKind::Signal(_) => scalar(true),
         ExprKind::Rand(_) => scalar(true),
-        ExprKind::Var { pop, role, .. } => match (ctx, role) {
+        ExprKind::Var { pop, var, role } => match (ctx, role) {
             (Ctx::Synapse(_), Role::Pre) => Space { idx: Idx::Pre, batched: true },
             (Ctx::Synapse(_), Role::Post) => Space { idx: Idx::Post, batched: true },
-            (Ctx::Synapse(q), Role::Direct) => {
-                let p = &c.paths[q];
-                return Err(Diagnostic::error(
-                    "circ::shape::not_pre_or_post",
-                    e.span,
-                    format!(
-                        "`{}` lives on population `{}`, which is neither the pre (`{}`) nor the post (`{}`) of `{}`",
-                        c.pops[*pop].name, c.pops[*pop].name, c.pops[p.pre].name, c.pops[p.post].name, p.name
-                    ),
-                )
-                .label("not reachable from this synapse")
-                .with(p.name_span, "the pathway this rule updates")
-                .help("a synapse rule reads its own state, `pre.*`, `post.*`, scalars, and signals arriving at its post neuron"));
-            }
+            (Ctx::Synapse(q), Role::Direct) => return Err(unreachable_var(c, *pop, *var, q, e.span)),
             _ => Space { idx: Idx::Neuron(*pop), batched: true },
         },
         ExprKind::Syn { path, transposed, .. } => match ctx {
@@ -289,6 +293,76 @@ pub fn space_of(c: &Circuit, e: &Expr, ctx: Ctx) -> Result<Space, Diagnostic> {
     })
 }
 
+/// A neuron value read directly in a rule of pathway `q` that is neither its pre nor its post
+/// (for pre and post the resolver gives the role). The label is the one case with a local way
+/// to write it: its root computes the error and the rule reads that as `post.`/`pre.`.
+fn unreachable_var(c: &Circuit, pop: PopId, var: VarId, q: PathId, span: Span) -> Diagnostic {
+    let p = &c.paths[q];
+    let (pre, post) = (&c.pops[p.pre].name, &c.pops[p.post].name);
+    let what = &c.pops[pop];
+    if let PopKind::Target { root } = what.kind {
+        let side = if root == p.post {
+            Some("post")
+        } else if root == p.pre {
+            Some("pre")
+        } else {
+            None
+        };
+        if let (Some(side), Some(r)) = (side, c.pops.get(root)) {
+            return Diagnostic::error(
+                "circ::check::label_in_rule",
+                span,
+                format!("a rule of `{}` reads the label `{}` directly", p.name, what.name),
+            )
+            .label(format!("the label of `{}`", r.name))
+            .with(what.span, format!("`{}` enters the circuit at its root `{}`", what.name, r.name))
+            .with(p.name_span, format!("the pathway this rule updates (`{pre} -> {post}`)"))
+            .help(format!(
+                "compute the error at the root in a phase, e.g. `{r}.e = {y} - {r}.a`, and read it in the rule as `{side}.e`",
+                r = r.name,
+                y = what.name
+            ));
+        }
+    }
+    let subject = match what.kind {
+        PopKind::Input => format!("the input `{}` is", what.name),
+        PopKind::Target { root } => {
+            format!("the label `{}` (of `{}`) is", what.name, c.pops.get(root).map(|r| r.name.as_str()).unwrap_or("?"))
+        }
+        PopKind::Neurons => format!("`{}` lives on population `{}`, which is", what.var_name(var), what.name),
+    };
+    Diagnostic::error(
+        "circ::shape::not_pre_or_post",
+        span,
+        format!("{subject} neither the pre (`{pre}`) nor the post (`{post}`) of `{}`", p.name),
+    )
+    .label("not reachable from this synapse")
+    .with(p.name_span, "the pathway this rule updates")
+    .help("a synapse rule reads its own state, `pre.*`, `post.*`, scalars, and signals arriving at its post neuron")
+}
+
+/// The call written in a statement that inlined the `fn` body containing the expression at
+/// `at`, when `at` lies outside the statement. The resolver gives an inlined body's root the
+/// span of its call, so the call is the innermost node inside the statement whose subtree
+/// holds `at`; nested inside-statement nodes have nested spans, so it is the shortest.
+pub(crate) fn call_site(stmt: Span, root: &Expr, at: Span) -> Option<Span> {
+    let inside = |s: Span| s.file == stmt.file && stmt.lo <= s.lo && s.hi <= stmt.hi;
+    if inside(at) {
+        return None;
+    }
+    let mut best: Option<Span> = None;
+    root.walk(&mut |n| {
+        if inside(n.span) && best.is_none_or(|b| n.span.len() < b.len()) {
+            let mut holds = false;
+            n.walk(&mut |x| holds |= x.span == at);
+            if holds {
+                best = Some(n.span);
+            }
+        }
+    });
+    best
+}
+
 fn reduce_name(op: ReduceOp) -> &'static str {
     match op {
         ReduceOp::Sum => "sum",
@@ -343,11 +417,11 @@ impl Checker<'_> {
             }
         }
         // Phases in order, tracking what each step has written.
-        let mut written: HashSet<Target> = HashSet::new();
-        let mut after_phase: Vec<HashSet<Target>> = Vec::new();
+        let mut written = Written::default();
+        let mut after_phase: Vec<Written> = Vec::new();
         for ph in &c.phases {
             for s in &ph.body {
-                self.neuron_stmt(s, &mut written, false);
+                self.neuron_stmt(s, &mut written);
             }
             after_phase.push(written.clone());
         }
@@ -401,81 +475,117 @@ impl Checker<'_> {
         }
     }
 
-    /// Reports reads of per-step variables not yet written in this step.
-    fn reads_before_write(&mut self, e: &Expr, written: &HashSet<Target>, in_plasticity: bool) {
+    /// Pushes a diagnostic found in statement `s` (whose value or condition is `root`), with a
+    /// label at the `apply` of a rule body and at the call of an inlined `fn` body.
+    fn push(&mut self, mut d: Diagnostic, s: &Stmt, root: Option<&Expr>) {
+        if let Some(site) = root.and_then(|r| call_site(s.span, r, d.span)) {
+            d = d.with(site, "in this call");
+        }
+        if let Some(v) = s.via {
+            d = d.with(v, "from the rule applied here");
+        }
+        self.diags.push(d);
+    }
+
+    /// Reports reads of per-step variables not yet written in this step (`skip`: a target
+    /// already reported for this statement).
+    fn reads_before_write(&mut self, e: &Expr, s: &Stmt, written: &Written, in_plasticity: bool, skip: Option<Target>) {
         let c = self.c;
         let mut found: Vec<(Target, Span)> = Vec::new();
-        e.walk(&mut |x| match &x.kind {
-            ExprKind::Var { pop, var, .. } => {
-                let p = &c.pops[*pop];
-                if p.kind == PopKind::Neurons && !p.vars[*var].state {
-                    let t = Target::Var { pop: *pop, var: *var };
-                    if !written.contains(&t) {
-                        found.push((t, x.span));
-                    }
-                }
+        e.walk(&mut |x| {
+            let t = match &x.kind {
+                ExprKind::Var { pop, var, .. } if c.pops[*pop].kind == PopKind::Neurons => Target::Var { pop: *pop, var: *var },
+                ExprKind::Signal(s) => Target::Signal(*s),
+                _ => return,
+            };
+            if !is_state(c, t) && !written.all.contains(&t) && Some(t) != skip {
+                found.push((t, x.span));
             }
-            ExprKind::Signal(s) if !c.signals[*s].state => {
-                let t = Target::Signal(*s);
-                if !written.contains(&t) {
-                    found.push((t, x.span));
-                }
-            }
-            _ => {}
         });
         for (t, span) in found {
             let name = c.target_name(t);
-            let decl = match t {
-                Target::Var { pop, var } => c.pops[pop].vars[var].span,
-                Target::Signal(s) => c.signals[s].span,
-                Target::Syn { .. } | Target::Hist(_) => span,
+            let d = match written.partly.get(&t) {
+                Some(&w) => Diagnostic::error(
+                    "circ::check::read_before_write",
+                    span,
+                    format!("`{name}` may be read before this step writes it: it is only written under a `when`"),
+                )
+                .label("read here, also where the condition is false")
+                .with(w, "written only where the `when` condition holds")
+                .help(format!(
+                    "write `{name}` for every neuron first (e.g. `{name} = 0` before the `when`, or in an `else`), or declare it `state` to keep its value from the last step"
+                )),
+                None => {
+                    let msg = if in_plasticity {
+                        format!("`{name}` is read by a rule but no phase before it writes it")
+                    } else {
+                        format!("`{name}` is read before this step writes it")
+                    };
+                    Diagnostic::error("circ::check::read_before_write", span, msg)
+                        .label("read here")
+                        .with(decl_span(c, t), "declared here")
+                        .help(format!("compute `{name}` in an earlier statement, or declare it `state` to carry it over from the last step"))
+                }
             };
-            let msg = if in_plasticity {
-                format!("`{name}` is read by a rule but no phase before it writes it")
-            } else {
-                format!("`{name}` is read before this step writes it")
-            };
-            let d = Diagnostic::error("circ::check::read_before_write", span, msg)
-                .label("read here")
-                .with(decl, "declared here")
-                .help(format!("compute `{name}` in an earlier statement, or declare it `state` to carry it over from the last step"));
-            self.diags.push(d);
+            self.push(d, s, Some(e));
         }
     }
 
-    fn neuron_stmt(&mut self, s: &Stmt, written: &mut HashSet<Target>, conditional: bool) {
+    fn neuron_stmt(&mut self, s: &Stmt, written: &mut Written) {
         let c = self.c;
         match &s.kind {
             StmtKind::Assign { target, value, .. } | StmtKind::Ode { target, value, .. } => {
-                self.reads_before_write(value, written, false);
-                // `+=` reads the old value too.
-                if !matches!(s.kind, StmtKind::Assign { op: crate::ast::AssignOp::Set, .. })
-                    && !written.contains(target)
-                    && !is_state(c, *target)
-                {
+                let fresh = !written.all.contains(target) && !is_state(c, *target);
+                let ode = matches!(s.kind, StmtKind::Ode { .. });
+                if ode && fresh {
+                    // One mistake, one error: the ODE's own reads of the variable are this.
                     let d = Diagnostic::error(
                         "circ::check::read_before_write",
                         s.span,
-                        format!("`{}` is updated before this step writes it", c.target_name(*target)),
+                        format!("an ODE integrates `{}` across steps, but it is not `state`", c.target_name(*target)),
                     )
-                    .label("reads the old value")
-                    .help("assign it with `=` first, or declare it `state`");
-                    self.diags.push(d);
+                    .label("integrates from the value of the last step")
+                    .with(decl_span(c, *target), "declared here without `state`")
+                    .help(format!("declare it {}", state_decl(c, *target)));
+                    self.push(d, s, None);
+                }
+                self.reads_before_write(value, s, written, false, if ode && fresh { Some(*target) } else { None });
+                // `+=` reads the old value too.
+                if !ode && !matches!(s.kind, StmtKind::Assign { op: crate::ast::AssignOp::Set, .. }) && fresh {
+                    let name = c.target_name(*target);
+                    let d = match written.partly.get(target) {
+                        Some(&w) => Diagnostic::error(
+                            "circ::check::read_before_write",
+                            s.span,
+                            format!("`{name}` may be updated before this step writes it: it is only written under a `when`"),
+                        )
+                        .label("reads the old value, also where the condition is false")
+                        .with(w, "written only where the `when` condition holds")
+                        .help(format!("write `{name}` for every neuron first, or declare it `state`")),
+                        None => Diagnostic::error(
+                            "circ::check::read_before_write",
+                            s.span,
+                            format!("`{name}` is updated before this step writes it"),
+                        )
+                        .label("reads the old value")
+                        .help("assign it with `=` first, or declare it `state`"),
+                    };
+                    self.push(d, s, None);
                 }
                 match space_of(c, value, Ctx::Neuron) {
-                    Ok(sp) => self.assign_shape(*target, sp, value, s.span),
-                    Err(d) => self.diags.push(d),
+                    Ok(sp) => self.assign_shape(*target, sp, value, s),
+                    Err(d) => self.push(d, s, Some(value)),
                 }
-                if !conditional || is_state(c, *target) {
-                    written.insert(*target);
-                }
+                written.all.insert(*target);
+                written.partly.remove(target);
+                self.last_write.insert(*target, s.span);
             }
             StmtKind::When { cond, then, els } => {
-                self.reads_before_write(cond, written, false);
+                self.reads_before_write(cond, s, written, false, None);
                 let cs = match space_of(c, cond, Ctx::Neuron) {
                     Ok(sp) => Some(sp),
                     Err(d) => {
-                        self.diags.push(d);
+                        self.push(d, s, Some(cond));
                         None
                     }
                 };
@@ -495,17 +605,42 @@ impl Checker<'_> {
                                 .label("another population")
                                 .with(cond.span, "condition per neuron of this population")
                                 .help("a per-neuron condition can only guard assignments to the same population");
-                                self.diags.push(d);
+                                self.push(d, inner, None);
                             }
                         }
                     }
-                    self.neuron_stmt(inner, written, true);
+                }
+                // Each branch runs for some neurons: what both write is written for all of
+                // them; what only one writes is written for some.
+                let mut w_then = written.clone();
+                for inner in then {
+                    self.neuron_stmt(inner, &mut w_then);
+                }
+                let mut w_els = written.clone();
+                for inner in els {
+                    self.neuron_stmt(inner, &mut w_els);
+                }
+                for t in w_then.all.iter().chain(&w_els.all) {
+                    if written.all.contains(t) {
+                        continue;
+                    }
+                    if w_then.all.contains(t) && w_els.all.contains(t) {
+                        written.all.insert(*t);
+                        written.partly.remove(t);
+                    } else if let Some(&w) = self.last_write.get(t) {
+                        written.partly.entry(*t).or_insert(w);
+                    }
+                }
+                for (t, w) in w_then.partly.into_iter().chain(w_els.partly) {
+                    if !written.all.contains(&t) {
+                        written.partly.entry(t).or_insert(w);
+                    }
                 }
             }
         }
     }
 
-    fn assign_shape(&mut self, target: Target, sp: Space, value: &Expr, span: Span) {
+    fn assign_shape(&mut self, target: Target, sp: Space, value: &Expr, s: &Stmt) {
         let c = self.c;
         match target {
             Target::Var { pop, .. } => {
@@ -525,40 +660,48 @@ impl Checker<'_> {
                         .label(format!("{} values", c.pops[q].size))
                         .with(c.pops[pop].name_span, format!("{} neurons", c.pops[pop].size))
                         .help("values move between populations through pathways: `W(x)`");
-                        self.diags.push(d);
+                        self.push(d, s, Some(value));
                     }
                 }
             }
             Target::Signal(sid) => {
                 if sp.idx != Idx::Scalar {
+                    let name = &c.signals[sid].name;
+                    let per = match sp.idx {
+                        Idx::Neuron(q) => format!("one value per neuron of `{}`", c.pops[q].name),
+                        _ => "one value per neuron".into(),
+                    };
+                    // A signal is assigned by its bare name, which starts the statement.
+                    let target = Span { hi: s.span.lo + name.len() as u32, ..s.span };
                     let d = Diagnostic::error(
                         "circ::shape::signal_not_scalar",
                         value.span,
-                        format!("signal `{}` is a scalar but the right side is per neuron", c.signals[sid].name),
+                        format!("signal `{name}` is a scalar but the right side is per neuron"),
                     )
-                    .label("per-neuron value")
-                    .with(span, "assigned here")
+                    .label(per)
+                    .with(target, "one value per sample")
                     .help("reduce it: `sum(...)`, `mean(...)`");
-                    self.diags.push(d);
+                    self.push(d, s, Some(value));
                 }
             }
             Target::Syn { .. } | Target::Hist(_) => {}
         }
     }
 
-    fn syn_stmt(&mut self, s: &Stmt, pid: PathId, avail: &HashSet<Target>) {
+    /// Checks a synapse statement of pathway `pid`.
+    fn syn_stmt(&mut self, s: &Stmt, pid: PathId, avail: &Written) {
         let c = self.c;
         match &s.kind {
             StmtKind::Assign { value, .. } | StmtKind::Ode { value, .. } => {
-                self.reads_before_write(value, avail, true);
+                self.reads_before_write(value, s, avail, true, None);
                 if let Err(d) = space_of(c, value, Ctx::Synapse(pid)) {
-                    self.diags.push(d);
+                    self.push(d, s, Some(value));
                 }
             }
             StmtKind::When { cond, then, els } => {
-                self.reads_before_write(cond, avail, true);
+                self.reads_before_write(cond, s, avail, true, None);
                 if let Err(d) = space_of(c, cond, Ctx::Synapse(pid)) {
-                    self.diags.push(d);
+                    self.push(d, s, Some(cond));
                 }
                 for inner in then.iter().chain(els) {
                     self.syn_stmt(inner, pid, avail);
@@ -568,10 +711,70 @@ impl Checker<'_> {
     }
 }
 
+/// Where a target was declared.
+fn decl_span(c: &Circuit, t: Target) -> Span {
+    match t {
+        Target::Var { pop, var } => c.pops[pop].vars[var].span,
+        Target::Signal(s) => c.signals[s].span,
+        Target::Syn { path, var } => c.paths[path].syn[var].span,
+        Target::Hist(_) => Span::default(),
+    }
+}
+
+/// How to declare a target `state`, in words.
+fn state_decl(c: &Circuit, t: Target) -> String {
+    match t {
+        Target::Var { pop, var } => {
+            format!(
+                "`state {}` in `pop {}` (with an initial value if it needs one, e.g. `state {} = 0`)",
+                c.pops[pop].vars[var].name, c.pops[pop].name, c.pops[pop].vars[var].name
+            )
+        }
+        Target::Signal(s) => format!("`signal state {}`", c.signals[s].name),
+        Target::Syn { .. } => "as synapse state".into(),
+        Target::Hist(_) => "a history".into(),
+    }
+}
+
 fn is_state(c: &Circuit, t: Target) -> bool {
     match t {
         Target::Var { pop, var } => c.pops[pop].vars[var].state,
         Target::Signal(s) => c.signals[s].state,
         Target::Syn { .. } | Target::Hist(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    fn errors(src: &str) -> Vec<String> {
+        crate::frontend::load_source("t.circ", src, &[]).diags.iter().filter(|d| d.is_error()).map(|d| d.message.clone()).collect()
+    }
+
+    const HEAD: &str = "input x[4]\npop h[4] { v, s, r }\npath W: x -> h init uniform(-1, 1)\n";
+
+    #[test]
+    fn a_write_on_both_branches_of_a_when_is_a_write() {
+        let src = format!("{HEAD}phase f {{\n  h.v = W(x)\n  when h.v > 0 {{ h.s = 1 }} else {{ h.s = 0 }}\n  h.r = h.s\n}}\n");
+        assert_eq!(errors(&src), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_write_under_a_when_counts_inside_its_branch() {
+        let src = format!("{HEAD}phase f {{\n  h.v = W(x)\n  when h.v > 0 {{ h.s = 1  h.r = h.s }}\n}}\n");
+        assert_eq!(errors(&src), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_write_on_one_branch_only_is_partial() {
+        let src = format!("{HEAD}phase f {{\n  h.v = W(x)\n  when h.v > 0 {{ h.s = 1 }} else {{ h.r = 0 }}\n  h.r = h.s\n}}\n");
+        let e = errors(&src);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("only written under a `when`"), "{e:?}");
+    }
+
+    #[test]
+    fn an_ode_after_a_write_in_the_same_step_is_fine() {
+        let src = format!("param dt = 0.1\n{HEAD}phase f {{\n  h.v = W(x)\n  d h.v / dt = -h.v\n}}\n");
+        assert_eq!(errors(&src), Vec::<String>::new());
     }
 }

@@ -647,7 +647,34 @@ pub struct Experiment {
     pub steps: Option<usize>,
     /// Record monitors every N steps.
     pub monitor_every: Option<usize>,
+    /// Meta-learning: when set, the run is a sequence of episodes that step the meta-params.
+    pub meta: Option<MetaLearning>,
     pub span: Span,
+}
+
+/// How a meta-learning run samples its episodes and steps the meta-params.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetaLearning {
+    /// Number of meta-training episodes (one meta-step each).
+    pub episodes: usize,
+    /// Classes per task.
+    pub ways: usize,
+    /// Training samples per class, learned online by the circuit's own plasticity.
+    pub shots: usize,
+    /// Query samples per class, on which the meta-loss is taken.
+    pub queries: usize,
+    /// Adam learning rate of the meta-params.
+    pub meta_lr: f64,
+    /// Weight of the L1 penalty on the meta-params.
+    pub meta_l1: f64,
+    /// Episodes on held-out data after meta-training, with frozen meta-params.
+    pub eval_episodes: usize,
+}
+
+impl Default for MetaLearning {
+    fn default() -> Self {
+        MetaLearning { episodes: 0, ways: 5, shots: 50, queries: 10, meta_lr: 1e-3, meta_l1: 0.0, eval_episodes: 20 }
+    }
 }
 
 impl Default for Experiment {
@@ -664,6 +691,7 @@ impl Default for Experiment {
             eval_batch: 1000,
             steps: None,
             monitor_every: None,
+            meta: None,
             span: Span::default(),
         }
     }

@@ -20,3 +20,4 @@ pub mod pipeline;
 pub mod resolve;
 pub mod stdlib;
 pub mod syntax;
+pub mod tangent;

@@ -165,6 +165,9 @@ pub struct Program {
     pub origins: Vec<Origin>,
     /// Number of random streams used (for stable stream ids).
     pub rand_streams: u32,
+    /// The buffers a meta-learning episode starts afresh (re-drawn from their laws): all
+    /// persistent state except meta-params and fixed pathways not marked `resample`.
+    pub episode_reset: Vec<BufId>,
 }
 
 impl Program {

@@ -7,7 +7,10 @@
 //! applies (DESIGN.md §3): a value that arrives through a declared pathway is local to the
 //! receiving neuron however the sender computed it. Monitors are not equations and are
 //! excluded. The tier lattice is [`Tier`]; joins keep the first term that reached the maximum.
+//! A label read by a population other than its root is non-local wherever it is read, also
+//! inside a reduction. A term inside an inlined `fn` body is labelled with its call.
 
+use crate::check::call_site;
 use crate::diag::{Diagnostic, Label, Sources, Span};
 use crate::hir::*;
 
@@ -45,7 +48,10 @@ impl Verdict {
             v.tier = tier;
             v.reason = format!("{}; and {}", v.reason, other.reason);
             v.related.extend(other.related);
-            v.related.push(Label { span: other.span, text: other.reason.clone() });
+            // The reason already names the other term; label it only where it is elsewhere.
+            if other.span != v.span {
+                v.related.push(Label { span: other.span, text: other.reason });
+            }
             v
         } else {
             Verdict { tier, ..self }
@@ -116,7 +122,7 @@ fn neuron_rows(c: &Circuit, s: &Stmt, guard: Option<&Verdict>, rows: &mut Vec<Ro
                 Target::Var { pop, .. } => (Some(*pop), EqKind::Neuron),
                 _ => (None, EqKind::Signal),
             };
-            let mut v = neuron_tier(c, value, pop);
+            let mut v = at_call(neuron_tier(c, value, pop), s.span, value);
             if let Some(g) = guard {
                 v = v.join(g.clone());
             }
@@ -129,7 +135,7 @@ fn neuron_rows(c: &Circuit, s: &Stmt, guard: Option<&Verdict>, rows: &mut Vec<Ro
                 }
                 _ => None,
             });
-            let g = neuron_tier(c, cond, pop);
+            let g = at_call(neuron_tier(c, cond, pop), s.span, cond);
             let g = match guard {
                 Some(o) => o.clone().join(g),
                 None => g,
@@ -144,14 +150,15 @@ fn neuron_rows(c: &Circuit, s: &Stmt, guard: Option<&Verdict>, rows: &mut Vec<Ro
 fn syn_rows(c: &Circuit, s: &Stmt, pid: PathId, guard: Option<&Verdict>, rows: &mut Vec<Row>) {
     match &s.kind {
         StmtKind::Assign { target, value, .. } | StmtKind::Ode { target, value, .. } => {
-            let mut v = Verdict::new(Tier::Synapse, "own synapse, pre and post", s.span).join(syn_tier(c, value, pid));
+            let mut v =
+                Verdict::new(Tier::Synapse, "own synapse, pre and post", s.span).join(at_call(syn_tier(c, value, pid), s.span, value));
             if let Some(g) = guard {
                 v = v.join(g.clone());
             }
             rows.push(Row { kind: EqKind::Synapse, target: c.target_name(*target), stmt_span: s.span, via: s.via, verdict: v });
         }
         StmtKind::When { cond, then, els } => {
-            let g = syn_tier(c, cond, pid);
+            let g = at_call(syn_tier(c, cond, pid), s.span, cond);
             let g = match guard {
                 Some(o) => o.clone().join(g),
                 None => g,
@@ -161,6 +168,14 @@ fn syn_rows(c: &Circuit, s: &Stmt, pid: PathId, guard: Option<&Verdict>, rows: &
             }
         }
     }
+}
+
+/// Adds a label at the call of the `fn` whose inlined body holds the verdict's term.
+fn at_call(mut v: Verdict, stmt: Span, root: &Expr) -> Verdict {
+    if let Some(site) = call_site(stmt, root, v.span) {
+        v.related.push(Label { span: site, text: "in this call".into() });
+    }
+    v
 }
 
 fn children(e: &Expr) -> Vec<&Expr> {
@@ -248,6 +263,21 @@ fn neuron_tier(c: &Circuit, e: &Expr, pop: Option<PopId>) -> Verdict {
             v.join(neuron_tier(c, arg, Some(p.pre)))
         }
         ExprKind::Reduce { arg, .. } | ExprKind::Softmax(arg) => {
+            let what = match &e.kind {
+                ExprKind::Reduce { op, axis, .. } => format!(
+                    "{}{}",
+                    match axis {
+                        Axis::All => "",
+                        Axis::Row => "row_",
+                        Axis::Col => "col_",
+                    },
+                    format!("{op:?}").to_lowercase()
+                ),
+                _ => "softmax".into(),
+            };
+            if let Some(v) = label_inside(c, arg, pop, &what) {
+                return v;
+            }
             let q = reduced_pop(c, arg);
             let mut v = Verdict::new(
                 Tier::Population,
@@ -266,12 +296,24 @@ fn neuron_tier(c: &Circuit, e: &Expr, pop: Option<PopId>) -> Verdict {
             v.join(neuron_tier(c, arg, q.or(pop)))
         }
         ExprKind::CrossEntropy { logits, target } => {
+            if let Some(v) = label_inside(c, target, pop, "cross_entropy").or_else(|| label_inside(c, logits, pop, "cross_entropy")) {
+                return v;
+            }
             let q = reduced_pop(c, logits);
-            let v = Verdict::new(
+            let mut v = Verdict::new(
                 Tier::Population,
                 format!("cross-entropy over population `{}`", q.map(|q| c.pops[q].name.as_str()).unwrap_or("?")),
                 e.span,
             );
+            if let (Some(q), Some(p)) = (q, pop) {
+                if q != p && !is_target_of(c, q, p) {
+                    v = Verdict::new(
+                        Tier::NonLocal,
+                        format!("cross-entropy over `{}` read by `{}` (across populations)", c.pops[q].name, c.pops[p].name),
+                        e.span,
+                    );
+                }
+            }
             v.join(neuron_tier(c, logits, q)).join(neuron_tier(c, target, q))
         }
         ExprKind::Grad { .. } => Verdict::new(Tier::NonLocal, "gradient: grad() differentiates through the whole circuit", e.span),
@@ -280,6 +322,37 @@ fn neuron_tier(c: &Circuit, e: &Expr, pop: Option<PopId>) -> Verdict {
             children(e).into_iter().fold(base, |v, ch| v.join(neuron_tier(c, ch, pop)))
         }
     }
+}
+
+/// The first label read in `arg` (a reduction's argument, evaluated for population `pop`)
+/// whose root is not `pop`: the reduction would carry the label out of its root. Reads inside
+/// a transmission do not count: its argument is computed at the sender, and judged there.
+/// Signal equations (`pop` None) are judged by the reduction itself.
+fn label_inside(c: &Circuit, arg: &Expr, pop: Option<PopId>, what: &str) -> Option<Verdict> {
+    let p = pop?;
+    let mut sent: Vec<*const Expr> = Vec::new();
+    arg.walk(&mut |x| {
+        if let ExprKind::Transmit { arg, .. } = &x.kind {
+            arg.walk(&mut |y| sent.push(y as *const Expr));
+        }
+    });
+    let mut found = None;
+    arg.walk(&mut |x| {
+        if let (None, ExprKind::Var { pop: q, .. }) = (&found, &x.kind) {
+            if matches!(c.pops[*q].kind, PopKind::Target { root } if root != p) && !sent.contains(&(x as *const Expr)) {
+                found = Some((*q, x.span));
+            }
+        }
+    });
+    let (q, span) = found?;
+    let label = &c.pops[q].name;
+    let root = match c.pops[q].kind {
+        PopKind::Target { root } => c.pops.get(root).map(|r| r.name.as_str()).unwrap_or("?"),
+        _ => "?",
+    };
+    let mut v = Verdict::new(Tier::NonLocal, format!("label `{label}` read outside its root `{root}` (inside `{what}`)"), span);
+    v.related.push(Label { span: c.pops[q].span, text: format!("`{label}` is the target of `{root}`") });
+    Some(v)
 }
 
 fn is_target_of(c: &Circuit, target: PopId, root: PopId) -> bool {

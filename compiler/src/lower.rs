@@ -314,6 +314,18 @@ impl Lowerer<'_> {
             }
         }
 
+        // Fixed pathways keep their draw across episodes unless marked `resample`.
+        let kept: HashSet<BufId> = c
+            .paths
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.plastic && !p.resample)
+            .flat_map(|(pid, p)| (0..p.syn.len()).map(move |v| (pid, v)))
+            .map(|k| self.syn_buf[&k])
+            .collect();
+        let episode_reset = (0..self.bufs.len())
+            .filter(|b| self.bufs[*b].kind.persistent() && self.bufs[*b].kind != BufKind::Meta && !kept.contains(b))
+            .collect();
         Program {
             name: c.name.clone(),
             precision: if c.f64 { Precision::F64 } else { Precision::F32 },
@@ -328,6 +340,7 @@ impl Lowerer<'_> {
             readout: readout.map(|(p, v)| self.var_buf[&(p, v)]),
             origins: std::mem::take(&mut self.origins),
             rand_streams: self.rand,
+            episode_reset,
         }
     }
 

@@ -19,10 +19,11 @@ pub enum EngineKind {
     Interp,
 }
 
-/// Lowers a checked circuit for training with `batch` samples per step (expanding `grad`
-/// first).
+/// Lowers a checked circuit for training with `batch` samples per step (adding the tangents
+/// of meta-learning runs, then expanding `grad`).
 pub fn lower(c: &Circuit, batch: usize) -> Result<Program, Vec<Diagnostic>> {
-    let c = crate::autodiff::expand(c)?;
+    let c = crate::tangent::expand(c)?;
+    let c = crate::autodiff::expand(&c)?;
     lower::lower(&c, batch)
 }
 

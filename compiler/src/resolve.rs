@@ -52,8 +52,29 @@ pub fn parse_override(text: &str) -> Result<Override, String> {
 }
 
 /// Keys of the `experiment` block that `--set` may also override.
-pub const EXPERIMENT_KEYS: &[&str] =
-    &["data", "epochs", "batch", "seed", "shuffle", "limit", "readout", "loss", "eval_batch", "steps", "monitor_every"];
+pub const EXPERIMENT_KEYS: &[&str] = &[
+    "data",
+    "epochs",
+    "batch",
+    "seed",
+    "shuffle",
+    "limit",
+    "readout",
+    "loss",
+    "eval_batch",
+    "steps",
+    "monitor_every",
+    "episodes",
+    "ways",
+    "shots",
+    "queries",
+    "meta_lr",
+    "meta_l1",
+    "eval_episodes",
+];
+
+/// The experiment settings of meta-learning runs.
+const META_KEYS: &[&str] = &["episodes", "ways", "shots", "queries", "meta_lr", "meta_l1", "eval_episodes"];
 
 /// Builtin names that `fn` calls resolve to (for "did you mean").
 const BUILTIN_CALLS: &[&str] = &[
@@ -2278,6 +2299,16 @@ impl Resolver<'_> {
                         x.shuffle = b.as_f64() != 0.0;
                     }
                 }
+                key if META_KEYS.contains(&key) => {
+                    let Some(value) = self.const_eval(v, env).map(|c| c.as_f64()) else { continue };
+                    let meta = x.meta.get_or_insert_with(MetaLearning::default);
+                    if let Err(why) = set_meta_key(meta, key, value) {
+                        let d = Diagnostic::error("circ::experiment::range", v.span, format!("`{key}` {why}, found {value}"))
+                            .label("out of range")
+                            .help("see the meta-learning settings in docs/language.md");
+                        self.err(d);
+                    }
+                }
                 "readout" => {
                     if let Some(e) = self.expr(v, env, Ctx::Monitor) {
                         match e.kind {
@@ -2315,6 +2346,12 @@ impl Resolver<'_> {
                     self.err(d);
                 }
             }
+        }
+        if x.meta.as_ref().is_some_and(|m| m.episodes == 0) {
+            let d = Diagnostic::error("circ::experiment::episodes", span, "meta-learning settings without `episodes`")
+                .label("this experiment sets ways, shots, queries or meta_lr")
+                .help("add `episodes = N` to run N meta-learning episodes");
+            self.err(d);
         }
         self.experiment = x;
     }
@@ -2362,10 +2399,42 @@ impl Resolver<'_> {
                     }
                 }
                 "shuffle" => x.shuffle = v != 0.0,
+                key if META_KEYS.contains(&key) => {
+                    let Some(meta) = x.meta.as_mut() else {
+                        let d = Diagnostic::error("circ::cli::not_meta", span, format!("`--set {key}` applies to meta-learning runs only"))
+                            .label("this circuit's experiment has no `episodes`")
+                            .help("meta-learning circuits set `episodes = N` in their experiment block");
+                        self.err(d);
+                        continue;
+                    };
+                    if let Err(why) = set_meta_key(meta, key, v) {
+                        let d = Diagnostic::error("circ::cli::bad_value", span, format!("`--set {key}` {why}, found {v}"))
+                            .label("the override applies to this circuit")
+                            .help("see the meta-learning settings in docs/language.md");
+                        self.err(d);
+                    }
+                }
                 _ => {}
             }
         }
     }
+}
+
+/// Sets one meta-learning setting, or says what range it needs.
+fn set_meta_key(m: &mut MetaLearning, key: &str, v: f64) -> Result<(), &'static str> {
+    let count = |min: f64| if v.fract() == 0.0 && v >= min && v < 1e9 { Ok(v as usize) } else { Err("must be a whole number") };
+    match key {
+        "episodes" => m.episodes = count(1.0).map_err(|_| "must be a positive whole number")?,
+        "ways" => m.ways = count(1.0).map_err(|_| "must be a positive whole number")?,
+        "shots" => m.shots = count(1.0).map_err(|_| "must be a positive whole number")?,
+        "queries" => m.queries = count(1.0).map_err(|_| "must be a positive whole number")?,
+        "eval_episodes" => m.eval_episodes = count(0.0).map_err(|_| "must be a non-negative whole number")?,
+        "meta_lr" if v.is_finite() && v > 0.0 => m.meta_lr = v,
+        "meta_l1" if v.is_finite() && v >= 0.0 => m.meta_l1 = v,
+        "meta_lr" => return Err("must be a positive number"),
+        _ => return Err("must be a non-negative number"),
+    }
+    Ok(())
 }
 
 /// Why an expression has no compile-time value.

@@ -185,6 +185,13 @@ impl State {
         }
     }
 
+    /// Re-draws one buffer from its initialisation law with another seed (a fresh network
+    /// at the start of a meta-learning episode). Same (seed, name), same values.
+    pub fn reinit(&mut self, buf: usize, seed: u64) {
+        let values = init_values(&self.specs[buf], self.max_batch, seed, name_key(&self.specs[buf].name));
+        self.set_f64(buf, &values);
+    }
+
     /// Overwrites a whole buffer from f64 values (checkpoint restore).
     pub fn set_f64(&mut self, buf: usize, values: &[f64]) {
         match &mut self.data {

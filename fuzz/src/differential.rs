@@ -1,0 +1,161 @@
+//! JIT against the reference interpreter on generated circuits (the `differential` target).
+//!
+//! The same loop as tests/corpus.rs: both engines start from the same seeded state, get the
+//! same inputs and one-hot targets every step, run `init`, then a few `train` steps in
+//! lockstep (the interpreter restarts from the JIT's state after each compared step, so
+//! rounding differences cannot compound), then `monitor` and `eval`. Every buffer must agree
+//! within 1e-9 relative (1e-10 absolute floor) while every value is finite and at most 1e6 in
+//! magnitude; a program whose values leave that range is compared up to there and counted as
+//! overflowed.
+
+use crate::gen;
+use circ_compiler::interp::Interp;
+use circ_compiler::lir::Program;
+use circ_compiler::{codegen, frontend, pipeline};
+use circ_runtime::abi::StepCtx;
+use circ_runtime::driver::{Engine, EntryKind};
+use circ_runtime::state::State;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+pub const REL: f64 = 1e-9;
+pub const BIG: f64 = 1e6;
+const STEPS: u64 = 3;
+
+/// Counters, printed every 10000 inputs and by [`stats`].
+pub static INPUTS: AtomicU64 = AtomicU64::new(0);
+pub static CLEAN: AtomicU64 = AtomicU64::new(0);
+pub static LOWERED: AtomicU64 = AtomicU64::new(0);
+pub static COMPARED: AtomicU64 = AtomicU64::new(0);
+pub static OVERFLOWED: AtomicU64 = AtomicU64::new(0);
+
+pub fn stats() -> String {
+    format!(
+        "differential: {} inputs, {} checked clean, {} lowered, {} compared in full, {} compared until overflow",
+        INPUTS.load(Relaxed),
+        CLEAN.load(Relaxed),
+        LOWERED.load(Relaxed),
+        COMPARED.load(Relaxed),
+        OVERFLOWED.load(Relaxed)
+    )
+}
+
+pub fn run_bytes(data: &[u8]) {
+    let n = INPUTS.fetch_add(1, Relaxed) + 1;
+    if n % 10_000 == 0 {
+        eprintln!("{}", stats());
+    }
+    let g = gen::generate(data);
+    if std::env::var_os("CIRC_FUZZ_PRINT").is_some() {
+        eprintln!("{}", g.text);
+    }
+    run_text(&g.text, g.batch);
+}
+
+/// Checks, lowers and compares one program; panics on a disagreement.
+pub fn run_text(text: &str, batch: usize) {
+    let fe = frontend::load_source("gen.circ", text, &[]);
+    let Some(c) = fe.ok() else { return };
+    CLEAN.fetch_add(1, Relaxed);
+    let Ok(p) = pipeline::lower(c, batch) else { return };
+    LOWERED.fetch_add(1, Relaxed);
+    if compare_engines(&p, batch) {
+        COMPARED.fetch_add(1, Relaxed);
+    } else {
+        OVERFLOWED.fetch_add(1, Relaxed);
+    }
+}
+
+/// Runs both engines; true when every step was compared (no value left the range).
+pub fn compare_engines(p: &Program, nb: usize) -> bool {
+    let mut jit = codegen::compile(p, false).unwrap_or_else(|e| panic!("the JIT rejects a lowered program: {e}"));
+    let mut interp = Interp::new(p.clone());
+    let mut sj = State::new(&p.buffers, nb, p.precision, 11);
+    let mut si = State::new(&p.buffers, nb, p.precision, 11);
+    let mut ctx = StepCtx { seed: 11, step: 0, iter: 0 };
+    jit.run(EntryKind::Init, &mut sj, nb, &ctx);
+    interp.run(EntryKind::Init, &mut si, nb, &ctx);
+    if !compare(p, &sj, &si, nb, "init") {
+        return false;
+    }
+    let mut rng: u64 = 0x243F_6A88_85A3_08D3;
+    for step in 0..STEPS {
+        ctx.step = step;
+        feed([&mut sj, &mut si], p, nb, &mut rng);
+        jit.run(EntryKind::Train, &mut sj, nb, &ctx);
+        interp.run(EntryKind::Train, &mut si, nb, &ctx);
+        if !compare(p, &sj, &si, nb, &format!("train step {step}")) {
+            return false;
+        }
+        si.data = sj.data.clone();
+    }
+    jit.run(EntryKind::Monitor, &mut sj, nb, &ctx);
+    interp.run(EntryKind::Monitor, &mut si, nb, &ctx);
+    if !compare(p, &sj, &si, nb, "monitor") {
+        return false;
+    }
+    jit.run(EntryKind::Eval, &mut sj, nb, &ctx);
+    interp.run(EntryKind::Eval, &mut si, nb, &ctx);
+    compare(p, &sj, &si, nb, "eval")
+}
+
+fn next(rng: &mut u64) -> f64 {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    (*rng >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The same input (70% zeros, like images) and one-hot target in both states.
+fn feed(states: [&mut State; 2], p: &Program, nb: usize, rng: &mut u64) {
+    let xs: Option<(usize, Vec<f32>)> =
+        p.input.map(|i| (i, (0..nb * p.buffers[i].cols).map(|_| if next(rng) < 0.3 { next(rng) as f32 } else { 0.0 }).collect()));
+    let ys: Option<(usize, Vec<f32>)> = p.target.map(|t| {
+        let k = p.buffers[t].cols;
+        let mut ys = vec![0.0f32; nb * k];
+        for b in 0..nb {
+            ys[b * k + (next(rng) * k as f64) as usize % k] = 1.0;
+        }
+        (t, ys)
+    });
+    for s in states {
+        for (b, v) in xs.iter().chain(ys.iter()) {
+            s.set_f32(*b, v);
+        }
+    }
+}
+
+fn in_range(x: f64) -> bool {
+    x.is_finite() && x.abs() <= BIG
+}
+
+/// Agreement within `rel` relative with a `rel / 10` absolute floor.
+pub fn close(a: f64, b: f64, rel: f64) -> bool {
+    (a - b).abs() <= rel * a.abs().max(b.abs()) + rel / 10.0
+}
+
+/// Compares every buffer. Returns false (without judging) when some value of either engine is
+/// out of range; panics on a disagreement.
+fn compare(p: &Program, a: &State, b: &State, nb: usize, when: &str) -> bool {
+    let mut all = Vec::with_capacity(p.buffers.len());
+    for (i, spec) in p.buffers.iter().enumerate() {
+        // The states are allocated for exactly `nb` samples: every element is live.
+        let (x, y) = (a.get(i), b.get(i));
+        let len = x.len().min(y.len());
+        if x[..len].iter().chain(&y[..len]).any(|&v| !in_range(v)) {
+            return false;
+        }
+        all.push((spec, x, y, len));
+    }
+    for (spec, x, y, len) in all {
+        for k in 0..len {
+            assert!(
+                close(x[k], y[k], REL),
+                "JIT and interpreter disagree ({when}, batch {nb}): buffer `{}`[{k}]: JIT {} vs interpreter {}",
+                spec.name,
+                x[k],
+                y[k]
+            );
+        }
+    }
+    true
+}

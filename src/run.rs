@@ -48,17 +48,6 @@ pub fn run(a: RunArgs) -> i32 {
     let batch = a.batch.unwrap_or(x.batch).max(1);
     let seed = a.seed.unwrap_or(x.seed);
     let eval_batch = x.eval_batch.max(1);
-    if x.meta.is_some() {
-        let d = Diagnostic::error(
-            "circ::experiment::episodes",
-            x.span,
-            "episode loops (meta-learning) are checked and lowered, but `circ run` cannot drive them yet",
-        )
-        .label("declares `episodes`")
-        .help("remove the meta-learning keys to train one online run");
-        eprint!("{}", render(&[d], &fe.sources, crate::cli::color()));
-        return 1;
-    }
     let Some((data_name, data_span)) = x.data.clone() else {
         let d = Diagnostic::error("circ::experiment::no_data", x.span, "the experiment names no data")
             .label("no `data = ...`")
@@ -128,6 +117,7 @@ pub fn run(a: RunArgs) -> i32 {
         resume: a.resume.clone(),
         max_steps: a.max_steps,
         steps: x.steps.unwrap_or(1),
+        meta: pipeline::meta_config(c),
     };
     let cfg = RunConfig {
         monitor_every: if cfg.monitor_every == 0 { default_monitor_every(data.as_ref(), &cfg) } else { cfg.monitor_every },
@@ -139,7 +129,14 @@ pub fn run(a: RunArgs) -> i32 {
             None => format!("no data ({} steps per epoch)", cfg.steps),
         };
         let engine_name = if kind == EngineKind::Jit { "JIT" } else { "interpreter" };
-        eprintln!("{}: compiled in {compile_ms:.1} ms; {engine_name} on {what}, batch {batch}, {epochs} epoch(s), seed {seed}", c.name);
+        let schedule = match &cfg.meta {
+            Some(m) => format!(
+                "{} episodes of {}-way tasks ({} support + {} query samples per class), meta-test {} episodes",
+                m.episodes, m.ways, m.shots, m.queries, m.eval_episodes
+            ),
+            None => format!("{epochs} epoch(s)"),
+        };
+        eprintln!("{}: compiled in {compile_ms:.1} ms; {engine_name} on {what}, batch {batch}, {schedule}, seed {seed}", c.name);
     }
     let outcome = driver::train(engine.as_mut(), &mut state, &info, data.as_ref(), &cfg);
     let out = match outcome {
@@ -175,8 +172,9 @@ pub fn run(a: RunArgs) -> i32 {
         outln!("{}", metrics::final_json_line(&fields));
     } else {
         let mons: String = out.monitors.iter().map(|(n, v)| format!(", {n} {v:.3}")).collect();
+        let test = if cfg.meta.is_some() { "meta-test query" } else { "test" };
         outln!(
-            "{}: test accuracy {:.4}, test loss {:.4} after {} steps ({:.2} s training){mons}",
+            "{}: {test} accuracy {:.4}, {test} loss {:.4} after {} steps ({:.2} s training){mons}",
             c.name,
             out.test_acc,
             out.test_loss,

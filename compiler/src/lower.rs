@@ -359,9 +359,10 @@ impl Lowerer<'_> {
         out
     }
 
-    /// The buffer transmission through a pathway reads.
+    /// The buffer transmission through a pathway reads (lazily: a derived view pathway of the
+    /// tangent pass has an effective weight and no state at all).
     fn weight_buf(&self, pid: PathId) -> BufId {
-        self.eff_buf.get(&pid).copied().unwrap_or(self.syn_buf[&(pid, 0)])
+        self.eff_buf.get(&pid).copied().unwrap_or_else(|| self.syn_buf[&(pid, 0)])
     }
 
     fn target_buf(&self, t: Target) -> BufId {

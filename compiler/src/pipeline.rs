@@ -10,7 +10,10 @@ use crate::hir::{Circuit, LossKind};
 use crate::interp::Interp;
 use crate::lir::Program;
 use crate::lower;
+use crate::tangent;
 use circ_runtime::driver::{Engine, Loss, RunInfo};
+use circ_runtime::episodes::{MetaBuffers, MetaConfig, MetaParam};
+use circ_runtime::state::BufKind;
 
 /// Which back end executes the program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,7 +39,40 @@ pub fn run_info(p: &Program, sources: &Sources) -> RunInfo {
         readout: p.readout,
         monitors: p.monitors.iter().map(|m| (m.name.clone(), m.stat.clone())).collect(),
         origins: p.origins.iter().map(|o| (o.buf, o.what.clone(), sources.location(o.span))).collect(),
+        meta: meta_buffers(p),
     }
+}
+
+/// The buffers of a program compiled for meta-learning: the meta-params in declaration order
+/// (the tangent pass numbers them so), each with its meta-loss tangent.
+fn meta_buffers(p: &Program) -> Option<MetaBuffers> {
+    let find = |name: &str| p.buffers.iter().position(|b| b.name == name);
+    let loss = find(tangent::META_LOSS)?;
+    let params = p
+        .buffers
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.kind == BufKind::Meta)
+        .enumerate()
+        .map(|(r, (buf, b))| {
+            let loss_tangent = find(&tangent::tangent_name(r, tangent::META_LOSS))?;
+            Some(MetaParam { name: b.name.clone(), buf, loss_tangent })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(MetaBuffers { params, loss, reset: p.episode_reset.clone() })
+}
+
+/// The meta-learning settings of the experiment, if it runs episodes.
+pub fn meta_config(c: &Circuit) -> Option<MetaConfig> {
+    c.experiment.meta.as_ref().map(|m| MetaConfig {
+        episodes: m.episodes,
+        ways: m.ways,
+        shots: m.shots,
+        queries: m.queries,
+        meta_lr: m.meta_lr,
+        meta_l1: m.meta_l1,
+        eval_episodes: m.eval_episodes,
+    })
 }
 
 pub fn loss(c: &Circuit) -> Loss {

@@ -13,6 +13,7 @@
 
 use crate::abi::StepCtx;
 use crate::data::{Dataset, Split, TaskKind};
+use crate::episodes::{MetaBuffers, MetaConfig, MetaError};
 use crate::metrics::{MetricsError, MetricsLog};
 use crate::npz::{self, NpyArray, NpyData, NpzError};
 use crate::plot::{self, Series};
@@ -56,6 +57,8 @@ pub struct RunInfo {
     pub monitors: Vec<(String, Stat)>,
     /// For each buffer a statement writes: (buffer, "h.a", source location) for NaN reports.
     pub origins: Vec<(usize, String, String)>,
+    /// The meta-params and tangents of a program compiled for meta-learning.
+    pub meta: Option<MetaBuffers>,
 }
 
 /// How predictions are scored.
@@ -92,6 +95,8 @@ pub struct RunConfig {
     pub max_steps: Option<u64>,
     /// Steps per epoch when there is no dataset.
     pub steps: usize,
+    /// Meta-learning: episodes instead of epochs (see [`crate::episodes`]).
+    pub meta: Option<MetaConfig>,
 }
 
 impl Default for RunConfig {
@@ -111,6 +116,7 @@ impl Default for RunConfig {
             resume: None,
             max_steps: None,
             steps: 1,
+            meta: None,
         }
     }
 }
@@ -155,24 +161,28 @@ pub enum RunError {
     #[error("checkpoint {path} does not match this circuit: {why}")]
     #[diagnostic(code(circ::run::checkpoint_mismatch), help("resume with the same program and params that wrote the checkpoint"))]
     CheckpointMismatch { path: String, why: String },
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Meta(#[from] MetaError),
     #[error("cannot write {path}: {why}")]
     #[diagnostic(code(circ::run::write), help("check the output directory (`--out DIR`)"))]
     Write { path: String, why: String },
 }
 
 /// Where training stands; saved in checkpoints.
+/// In a meta-learning run `epoch` counts episodes.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-struct Position {
-    epoch: usize,
+pub(crate) struct Position {
+    pub(crate) epoch: usize,
     /// Steps done within `epoch`.
-    step_in_epoch: usize,
+    pub(crate) step_in_epoch: usize,
     /// Steps done in total.
-    global: u64,
+    pub(crate) global: u64,
     /// Training loss and correct predictions summed over the samples seen so far in `epoch`
     /// (so a resumed run reports the same epoch averages as an uninterrupted one).
-    sum_loss: f64,
-    sum_correct: f64,
-    seen: usize,
+    pub(crate) sum_loss: f64,
+    pub(crate) sum_correct: f64,
+    pub(crate) seen: usize,
 }
 
 /// Trains and evaluates a circuit on a dataset.
@@ -213,6 +223,9 @@ pub fn train(
         }
         None => None,
     };
+    if let Some(meta) = &cfg.meta {
+        return crate::episodes::meta_train(engine, state, info, data, cfg, meta);
+    }
     let batch = cfg.batch.clamp(1, state.max_batch);
     let eval_batch = cfg.eval_batch.clamp(1, state.max_batch);
     let n_train = match data {
@@ -227,7 +240,7 @@ pub fn train(
     let mut ctx = StepCtx { seed: cfg.seed, step: 0, iter: 0 };
     let mut pos = Position::default();
     if let Some(ck) = &cfg.resume {
-        pos = load_checkpoint(ck, state)?;
+        pos = load_checkpoint(ck, state)?.0;
         if let Some(d) = &cfg.out {
             // Continue the metrics of the interrupted run.
             metrics = load_metrics(d)?;
@@ -327,7 +340,7 @@ pub fn train(
         if let Some(d) = &cfg.out {
             if last_saved.elapsed().as_secs_f64() >= 30.0 || pos.epoch == cfg.epochs {
                 metrics.flush()?;
-                save_checkpoint(&d.join("checkpoint.npz"), state, pos)?;
+                save_checkpoint(&d.join("checkpoint.npz"), state, pos, Vec::new())?;
                 last_saved = Instant::now();
             }
         }
@@ -336,7 +349,7 @@ pub fn train(
     if stopped {
         if let Some(d) = &cfg.out {
             metrics.flush()?;
-            save_checkpoint(&d.join("checkpoint.npz"), state, pos)?;
+            save_checkpoint(&d.join("checkpoint.npz"), state, pos, Vec::new())?;
         }
     }
     if let Some(d) = &cfg.out {
@@ -372,7 +385,7 @@ fn epoch_order(n: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usize> {
 }
 
 /// Copies the samples `idx` into the input and target buffers.
-fn fill(state: &mut State, input: usize, target: Option<usize>, split: &Split, data: &Dataset, idx: &[usize]) {
+pub(crate) fn fill(state: &mut State, input: usize, target: Option<usize>, split: &Split, data: &Dataset, idx: &[usize]) {
     let d = data.input_dim;
     let mut xs = Vec::with_capacity(idx.len() * d);
     for &i in idx {
@@ -390,7 +403,7 @@ fn fill(state: &mut State, input: usize, target: Option<usize>, split: &Split, d
 }
 
 /// Sum of per-sample losses and number of correct predictions for the samples `idx`.
-fn score(state: &State, readout: usize, split: &Split, data: &Dataset, idx: &[usize], loss: Loss) -> (f64, f64) {
+pub(crate) fn score(state: &State, readout: usize, split: &Split, data: &Dataset, idx: &[usize], loss: Loss) -> (f64, f64) {
     let k = state.specs[readout].cols;
     let tk = data.target_dim;
     let mut l = 0.0;
@@ -503,7 +516,7 @@ impl FiniteGuard {
                         state.set_f64(*b, v);
                     }
                     let path = dir.join("checkpoint.npz");
-                    save_checkpoint(&path, state, *good_pos)?;
+                    save_checkpoint(&path, state, *good_pos, Vec::new())?;
                     kept = format!("; the last good state (step {}) is in {}", good_pos.global, path.display());
                 }
                 Err(RunError::NonFinite { what, value, step, origin, kept })
@@ -514,7 +527,7 @@ impl FiniteGuard {
 }
 
 /// Stops with a clear error when a circuit buffer holds NaN or Inf.
-fn check_finite(state: &State, info: &RunInfo, nb: usize, step: u64) -> Result<(), RunError> {
+pub(crate) fn check_finite(state: &State, info: &RunInfo, nb: usize, step: u64) -> Result<(), RunError> {
     for (b, spec) in state.specs.iter().enumerate() {
         if matches!(spec.kind, BufKind::Temp | BufKind::Input | BufKind::Target) {
             continue;
@@ -534,8 +547,8 @@ fn check_finite(state: &State, info: &RunInfo, nb: usize, step: u64) -> Result<(
     Ok(())
 }
 
-/// Writes every persistent buffer, plus the training position, atomically.
-fn save_checkpoint(path: &Path, state: &State, pos: Position) -> Result<(), RunError> {
+/// Writes every persistent buffer, the training position and `extra` arrays, atomically.
+pub(crate) fn save_checkpoint(path: &Path, state: &State, pos: Position, extra: Vec<NpyArray>) -> Result<(), RunError> {
     let mut arrays = Vec::new();
     for (b, spec) in state.specs.iter().enumerate() {
         if !spec.kind.persistent() {
@@ -550,12 +563,14 @@ fn save_checkpoint(path: &Path, state: &State, pos: Position) -> Result<(), RunE
     }
     arrays.push(NpyArray::i64("__position", &[4], vec![pos.epoch as i64, pos.step_in_epoch as i64, pos.global as i64, pos.seen as i64]));
     arrays.push(NpyArray::f64("__epoch_sums", &[2], vec![pos.sum_loss, pos.sum_correct]));
+    arrays.extend(extra);
     npz::write_npz(path, &arrays)?;
     Ok(())
 }
 
-/// Restores persistent buffers and the training position from a checkpoint.
-fn load_checkpoint(path: &Path, state: &mut State) -> Result<Position, RunError> {
+/// Restores persistent buffers and the training position from a checkpoint; returns the
+/// position and the arrays that are not circuit buffers (names starting with `__`).
+pub(crate) fn load_checkpoint(path: &Path, state: &mut State) -> Result<(Position, Vec<NpyArray>), RunError> {
     let arrays = npz::read_npz(path)?;
     let mismatch = |why: String| RunError::CheckpointMismatch { path: path.display().to_string(), why };
     let mut pos = None;
@@ -596,11 +611,11 @@ fn load_checkpoint(path: &Path, state: &mut State) -> Result<Position, RunError>
         }
         state.set_f64(b, &values);
     }
-    Ok(pos)
+    Ok((pos, arrays.into_iter().filter(|a| a.name.starts_with("__")).collect()))
 }
 
 /// The metrics an interrupted run wrote into `dir` (empty if there are none).
-fn load_metrics(dir: &Path) -> Result<MetricsLog, RunError> {
+pub(crate) fn load_metrics(dir: &Path) -> Result<MetricsLog, RunError> {
     let mut log = MetricsLog::new(dir)?;
     let path = dir.join(crate::metrics::METRICS_JSONL);
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(log) };

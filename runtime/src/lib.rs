@@ -1,6 +1,7 @@
 pub mod abi;
 pub mod catalog;
 pub mod driver;
+pub mod episodes;
 pub mod math;
 pub mod resources;
 pub mod state;

@@ -52,6 +52,14 @@ enum Cmd {
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
     },
+    /// Rewrite programs in the canonical layout (in place; `-` or no file: stdin to stdout).
+    Fmt {
+        /// Program files.
+        files: Vec<PathBuf>,
+        /// Write nothing; list the files that would change and exit 1 if any would.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 pub fn main() -> i32 {
@@ -68,6 +76,7 @@ pub fn main() -> i32 {
         Cmd::Ir { file, stage, set, batch } => ir(&file, &stage, &set, batch),
         Cmd::Data { cmd: DataCmd::Fetch { dataset, to, mirror } } => fetch(&dataset, &to, mirror.as_deref()),
         Cmd::Std { name } => std_cmd(name.as_deref()),
+        Cmd::Fmt { files, check } => crate::fmt::fmt(&files, check),
     }
 }
 

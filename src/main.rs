@@ -22,6 +22,7 @@ macro_rules! outln {
 }
 
 mod cli;
+mod fmt;
 mod run;
 
 fn main() {

@@ -10,6 +10,7 @@ pub mod autodiff;
 pub mod check;
 pub mod codegen;
 pub mod diag;
+pub mod format;
 pub mod frontend;
 pub mod hir;
 pub mod interp;

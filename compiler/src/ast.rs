@@ -1,7 +1,7 @@
 //! The abstract syntax tree: what the text says, before any name is resolved.
 //!
 //! Input: built by `syntax.rs` from the pest parse tree of `grammar/circ.pest`.
-//! Output: consumed by `resolve.rs` (elaboration into HIR) and `fmt.rs` (canonical layout).
+//! Output: consumed by `resolve.rs` (elaboration into HIR) and `format.rs` (canonical layout).
 //! Invariants: every node carries the byte span of its text; nothing here is checked beyond
 //! the grammar (names, shapes and locality come later).
 

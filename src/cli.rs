@@ -183,6 +183,10 @@ pub struct RunArgs {
     /// Stop after N training steps (writing a checkpoint), e.g. to test resumption.
     #[arg(long)]
     pub max_steps: Option<u64>,
+    /// How often every buffer is checked for NaN/Inf: every N steps, `epoch` (at epoch ends
+    /// only), or `off`.
+    #[arg(long, value_name = "N|epoch|off", default_value = "100")]
+    pub check_finite: String,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

@@ -7,6 +7,8 @@ use circ_compiler::pipeline::{self, EngineKind};
 use circ_runtime::driver::{self, RunConfig};
 use circ_runtime::state::{bytes_needed, State};
 use circ_runtime::{catalog, metrics, resources};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Prints a runtime error (a miette diagnostic without source) and returns exit code 1.
@@ -101,6 +103,24 @@ pub fn run(a: RunArgs) -> i32 {
             Err(e) => return fail(&e),
         }
     };
+    let (check_every, check_finite) = match a.check_finite.as_str() {
+        "off" => (0, false),
+        "epoch" => (0, true),
+        n => match n.parse::<usize>() {
+            Ok(n) if n > 0 => (n, true),
+            _ => {
+                eprintln!("error: --check-finite takes a number of steps (> 0), `epoch` or `off`, not `{n}`");
+                return 2;
+            }
+        },
+    };
+    // Ctrl-C (SIGINT) or SIGTERM: finish the step, write the checkpoint, exit 130. A second
+    // signal while the first is pending exits at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&stop));
+        let _ = signal_hook::flag::register(sig, Arc::clone(&stop));
+    }
     let mut state = State::new(&specs, max_batch, precision, seed);
     let cfg = RunConfig {
         epochs,
@@ -112,12 +132,14 @@ pub fn run(a: RunArgs) -> i32 {
         loss: pipeline::loss(c),
         out: Some(a.out.clone().unwrap_or_else(|| std::path::PathBuf::from("runs").join(&c.name))),
         monitor_every: a.monitor_every.or(x.monitor_every).unwrap_or(0),
-        check_every: 100,
+        check_every,
+        check_finite,
         quiet: a.json,
         resume: a.resume.clone(),
         max_steps: a.max_steps,
         steps: x.steps.unwrap_or(1),
         meta: pipeline::meta_config(c),
+        stop: Some(stop),
     };
     let cfg = RunConfig {
         monitor_every: if cfg.monitor_every == 0 { default_monitor_every(data.as_ref(), &cfg) } else { cfg.monitor_every },
@@ -152,6 +174,22 @@ pub fn run(a: RunArgs) -> i32 {
         }
         Err(e) => return fail(&e),
     };
+    if out.interrupted {
+        let ck = cfg.out.as_ref().map(|d| d.join("checkpoint.npz"));
+        match &ck {
+            Some(ck) => eprintln!(
+                "{}: interrupted after {} steps; checkpoint in {}; continue with `circ run {} --resume {} --out {}`",
+                c.name,
+                out.steps,
+                ck.display(),
+                a.file.display(),
+                ck.display(),
+                cfg.out.as_ref().map(|d| d.display().to_string()).unwrap_or_default()
+            ),
+            None => eprintln!("{}: interrupted after {} steps", c.name, out.steps),
+        }
+        return 130;
+    }
     let mut fields: Vec<(&str, serde_json::Value)> = vec![
         ("circuit", c.name.clone().into()),
         ("test_acc", out.test_acc.into()),

@@ -139,6 +139,30 @@ fn an_interrupted_run_resumes_bit_identically() {
 }
 
 #[test]
+fn sigint_writes_a_checkpoint_and_the_resumed_run_matches_an_uninterrupted_one() {
+    let base = std::env::temp_dir().join(format!("circ-sigint-{}", std::process::id()));
+    let (a, b) = (base.join("a"), base.join("b"));
+    let _ = std::fs::remove_dir_all(&base);
+    let args = ["run", "examples/quickstart.circ", "--json", "--seed", "2", "--epochs", "600", "--out"];
+    let child = circ().args(args).arg(&b).current_dir(common::root()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    // A step somewhere in the run: 200-800 ms in (the whole run takes seconds).
+    let delay = 200 + (std::process::id() as u64 * 7919) % 600;
+    std::thread::sleep(std::time::Duration::from_millis(delay));
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "the run finished before the signal or failed: {:?}", out.status);
+    assert!(b.join("checkpoint.npz").exists(), "no checkpoint after SIGINT");
+    let resumed = circ().args(args).arg(&b).arg("--resume").arg(b.join("checkpoint.npz")).current_dir(common::root()).output().unwrap();
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    let whole = circ().args(args).arg(&a).current_dir(common::root()).output().unwrap();
+    assert!(whole.status.success());
+    assert_eq!(npz(&a.join("checkpoint.npz")), npz(&b.join("checkpoint.npz")), "final state differs");
+    assert_eq!(metrics_without_time(&a), metrics_without_time(&b), "metrics differ");
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[test]
 fn monitors_do_not_change_training() {
     // The quickstart with its monitor recorded every step vs. never (monitor_every beyond the run).
     let base = std::env::temp_dir().join(format!("circ-mon-{}", std::process::id()));

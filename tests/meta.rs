@@ -57,14 +57,19 @@ fn pool(f64_precision: bool, episodes: usize) -> Frontend {
         let v = if r % 2 == 0 { 2e-4 } else { -3e-4 };
         text = text.replace(&format!("meta theta{r} = 0\n"), &format!("meta theta{r} = {v}\n"));
     }
-    text = text.replace(
-        "  epochs = 1\n",
-        &format!("  episodes = {episodes}\n  ways = 3\n  shots = 4\n  queries = 3\n  eval_episodes = 2\n  meta_lr = 0.0005\n"),
-    );
-    let ov: Vec<_> = ["n1=8", "n2=6", &format!("classes={CLASSES}")].iter().map(|s| parse_override(s).unwrap()).collect();
-    let fe = frontend::load_source(&path.display().to_string(), &text, &ov);
+    let fe = load(&text, &[&format!("episodes={episodes}"), "meta_lr=0.0005"]);
     assert!(fe.ok().is_some(), "{:?}", fe.diags);
     fe
+}
+
+/// meta_pool.circ's text at a small size, on 3-way tasks of 4 + 3 samples per class.
+fn load(text: &str, sets: &[&str]) -> Frontend {
+    let path = common::root().join("examples/papers/meta_pool.circ");
+    let classes = format!("classes={CLASSES}");
+    let mut all = vec!["n1=8", "n2=6", "ways=3", "shots=4", "queries=3", "eval_episodes=2", classes.as_str()];
+    all.extend_from_slice(sets);
+    let ov: Vec<_> = all.iter().map(|s| parse_override(s).unwrap()).collect();
+    frontend::load_source(&path.display().to_string(), text, &ov)
 }
 
 struct Run {
@@ -197,16 +202,13 @@ fn without_timing(jsonl: &str) -> Vec<serde_json::Value> {
 
 #[test]
 fn the_outer_loop_raises_a_too_small_learning_rate() {
-    // F^pseudo alone (θ_2..θ_10 = 0) from θ_1 = 1e-4, too small to learn 12 samples: the
+    // F^pseudo alone (`pool = 1`) from θ_1 = 1e-4, too small to learn 12 samples: the
     // outer loop raises it and the query loss falls.
     let data = blobs(20, 3);
     let path = common::root().join("examples/papers/meta_pool.circ");
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("meta theta1 = 0.001\n", "meta theta1 = 0.0001\n")
-        .replace("  epochs = 1\n", "  episodes = 30\n  ways = 3\n  shots = 4\n  queries = 3\n  eval_episodes = 4\n  meta_lr = 0.003\n");
-    let ov: Vec<_> = ["n1=8", "n2=6", &format!("classes={CLASSES}")].iter().map(|s| parse_override(s).unwrap()).collect();
-    let fe = frontend::load_source(&path.display().to_string(), &text, &ov);
+    let text = std::fs::read_to_string(&path).unwrap().replace("meta theta1 = 0.001\n", "meta theta1 = 0.0001\n");
+    let fe = load(&text, &["pool=1", "episodes=30", "eval_episodes=4", "meta_lr=0.003"]);
+    assert_eq!(fe.ok().map(|c| c.metas.len()), Some(1), "{:?}", fe.diags);
     let mut run = build(&fe, 9);
     let cfg = meta_cfg(&run, None, None, None);
     let out = driver::train(run.engine.as_mut(), &mut run.state, &run.info, Some(&data), &cfg).unwrap();

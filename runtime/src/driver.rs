@@ -25,6 +25,8 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 use thiserror::Error;
 
@@ -87,6 +89,8 @@ pub struct RunConfig {
     pub monitor_every: usize,
     /// Check state for NaN/Inf every N steps (0: only at epoch ends).
     pub check_every: usize,
+    /// Check for NaN/Inf at all (`--check-finite off` turns it off).
+    pub check_finite: bool,
     /// No progress output.
     pub quiet: bool,
     /// Continue from this checkpoint.
@@ -97,6 +101,16 @@ pub struct RunConfig {
     pub steps: usize,
     /// Meta-learning: episodes instead of epochs (see [`crate::episodes`]).
     pub meta: Option<MetaConfig>,
+    /// Set by a signal handler (SIGINT, SIGTERM): stop after the current step (episode), write
+    /// the checkpoint, and return with [`Outcome::interrupted`].
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+impl RunConfig {
+    /// Whether a stop was requested.
+    pub(crate) fn stop_requested(&self) -> bool {
+        self.stop.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
+    }
 }
 
 impl Default for RunConfig {
@@ -112,11 +126,13 @@ impl Default for RunConfig {
             out: None,
             monitor_every: 0,
             check_every: 100,
+            check_finite: true,
             quiet: true,
             resume: None,
             max_steps: None,
             steps: 1,
             meta: None,
+            stop: None,
         }
     }
 }
@@ -133,6 +149,8 @@ pub struct Outcome {
     pub epochs_done: usize,
     pub monitors: Vec<(String, f64)>,
     pub metrics: MetricsLog,
+    /// Stopped early by a signal (the checkpoint holds the position to resume from).
+    pub interrupted: bool,
 }
 
 #[derive(Debug, Error, Diagnostic)]
@@ -253,7 +271,7 @@ pub fn train(
     let mut progress = Progress::new(&info.circuit, total_steps, cfg.quiet);
     progress.inc(pos.global);
     let mut last_saved = Instant::now();
-    let mut guard = FiniteGuard::default();
+    let mut guard = FiniteGuard { enabled: cfg.check_finite, good: None };
     // The starting state is the first "last good" one.
     guard.check(state, info, batch.min(n_train.max(1)), pos, cfg.out.as_deref())?;
     let mut train_seconds = 0.0;
@@ -261,6 +279,7 @@ pub fn train(
     let mut last_test = (f64::NAN, f64::NAN);
     let mut last_train = (f64::NAN, f64::NAN);
     let mut stopped = false;
+    let mut interrupted = false;
     'epochs: while pos.epoch < cfg.epochs {
         let order = epoch_order(n_train, cfg.seed, pos.epoch as u64, cfg.shuffle);
         let t0 = Instant::now();
@@ -297,7 +316,8 @@ pub fn train(
                     .collect();
                 metrics.record(pos.global, pos.epoch as u64, &vals)?;
             }
-            if cfg.max_steps.is_some_and(|m| pos.global >= m) {
+            interrupted = cfg.stop_requested();
+            if interrupted || cfg.max_steps.is_some_and(|m| pos.global >= m) {
                 stopped = true;
                 train_seconds += t0.elapsed().as_secs_f64();
                 break 'epochs;
@@ -371,6 +391,7 @@ pub fn train(
             .map(|(m, _)| m)
             .collect(),
         metrics,
+        interrupted,
     })
 }
 
@@ -489,8 +510,8 @@ pub fn run_monitors(engine: &mut dyn Engine, state: &mut State, info: &RunInfo, 
 }
 
 /// Keeps the last state that passed the NaN/Inf check, so a diverging run can leave it behind.
-#[derive(Default)]
 struct FiniteGuard {
+    enabled: bool,
     good: Option<(Snapshot, Position)>,
 }
 
@@ -501,6 +522,9 @@ impl FiniteGuard {
     /// Checks the state; on success remembers it (when there is an output directory), on
     /// failure writes the last good state as the checkpoint and returns the error.
     fn check(&mut self, state: &mut State, info: &RunInfo, nb: usize, pos: Position, out: Option<&Path>) -> Result<(), RunError> {
+        if !self.enabled {
+            return Ok(());
+        }
         match check_finite(state, info, nb, pos.global) {
             Ok(()) => {
                 if out.is_some() {

@@ -333,13 +333,16 @@ pub fn meta_train(
     let mut last_monitors: Vec<(String, f64)> = Vec::new();
     let mut last_saved = Instant::now();
     let mut stopped = false;
+    let mut interrupted = false;
     while pos.epoch < meta.episodes {
         let e = pos.epoch as u64;
         let t0 = Instant::now();
         let task = draw_task(&train_classes, meta, cfg.seed, e);
         write_theta(state, mb, &theta);
         let r = run_episode(engine, state, info, mb, data, &data.train, &task, episode_seed(cfg.seed, e), batch, eval_batch, &mut ctx)?;
-        driver::check_finite(state, info, batch, ctx.step)?;
+        if cfg.check_finite {
+            driver::check_finite(state, info, batch, ctx.step)?;
+        }
         if !(r.loss.is_finite() && r.grad.iter().all(|g| g.is_finite())) {
             return Err(RunError::NonFinite {
                 what: "the meta-loss or its gradient".into(),
@@ -370,7 +373,8 @@ pub fn meta_train(
             let th: String = mb.params.iter().zip(&theta).map(|(p, t)| format!(" {}={t:.3e}", p.name)).collect();
             progress.println(&format!("episode {}: query loss {:.4} acc {:.4};{th}", pos.epoch, r.loss, r.acc));
         }
-        if cfg.max_steps.is_some_and(|m| pos.global >= m) && !last {
+        interrupted = cfg.stop_requested() && !last;
+        if (interrupted || cfg.max_steps.is_some_and(|m| pos.global >= m)) && !last {
             stopped = true;
             break;
         }
@@ -434,6 +438,7 @@ pub fn meta_train(
         epochs_done: pos.epoch,
         monitors,
         metrics,
+        interrupted,
     })
 }
 

@@ -339,19 +339,31 @@ pub fn meta_train(
         let t0 = Instant::now();
         let task = draw_task(&train_classes, meta, cfg.seed, e);
         write_theta(state, mb, &theta);
-        let r = run_episode(engine, state, info, mb, data, &data.train, &task, episode_seed(cfg.seed, e), batch, eval_batch, &mut ctx)?;
-        if cfg.check_finite {
-            driver::check_finite(state, info, batch, ctx.step)?;
-        }
-        if !(r.loss.is_finite() && r.grad.iter().all(|g| g.is_finite())) {
-            return Err(RunError::NonFinite {
-                what: "the meta-loss or its gradient".into(),
-                value: format!("{} (gradient {:?})", r.loss, r.grad),
-                step: ctx.step,
-                origin: format!(" in episode {}", e + 1),
-                kept: String::new(),
+        let r = run_episode(engine, state, info, mb, data, &data.train, &task, episode_seed(cfg.seed, e), batch, eval_batch, &mut ctx)
+            .and_then(|r| {
+                if cfg.check_finite {
+                    driver::check_finite(state, info, batch, ctx.step)?;
+                }
+                if r.loss.is_finite() && r.grad.iter().all(|g| g.is_finite()) {
+                    Ok(r)
+                } else {
+                    Err(RunError::NonFinite {
+                        what: "the meta-loss or its gradient".into(),
+                        value: format!("{} (gradient {:?})", r.loss, r.grad),
+                        step: ctx.step,
+                        origin: format!(" in episode {}", e + 1),
+                        kept: String::new(),
+                    })
+                }
             });
-        }
+        let r = match r {
+            Ok(r) => r,
+            Err(err) => {
+                // Keep the trajectory up to the failure for the user to look at.
+                metrics.flush()?;
+                return Err(err);
+            }
+        };
         let g: Vec<f64> = r.grad.iter().zip(&theta).map(|(g, t)| g + meta.meta_l1 * sign(*t)).collect();
         adam.step(&mut theta, &g, meta.meta_lr);
         write_theta(state, mb, &theta);

@@ -137,6 +137,7 @@ fn helper_symbols() -> Vec<(&'static str, *const u8)> {
         ("circ_outer_f64", abi::circ_outer_f64 as *const u8),
         ("circ_batch_sum_f32", abi::circ_batch_sum_f32 as *const u8),
         ("circ_batch_sum_f64", abi::circ_batch_sum_f64 as *const u8),
+        ("circ_par_rows", abi::circ_par_rows as *const u8),
     ]
 }
 
@@ -182,6 +183,7 @@ fn declare_helpers(m: &mut JITModule, prec: Precision) -> Result<Helpers, cranel
     declare(m, "matmul", &[ptr, ptr, ptr, i, i, i, i, i], None, true)?;
     declare(m, "outer", &[ptr, ptr, ptr, i, i, i, ty, i], None, true)?;
     declare(m, "batch_sum", &[ptr, ptr, i, i, ty, i], None, true)?;
+    declare(m, "par_rows", &[ptr, ptr, i, ptr, i], None, false)?;
     Ok(Helpers { ids })
 }
 
@@ -205,7 +207,7 @@ fn compile_entry(
     let mut fctx = FunctionBuilderContext::new();
     {
         let b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-        let mut g = Gen::new(b, module, p, helpers, ptr);
+        let mut g = Gen::new(b, module, p, helpers, ptr, name);
         g.prologue(e);
         for k in &e.kernels {
             g.kernel(k);
@@ -214,6 +216,10 @@ fn compile_entry(
         g.b.seal_all_blocks();
         let cfg = g.module.target_config();
         g.b.finalize(cfg);
+        if let Some(err) = g.error.take() {
+            return Err(err);
+        }
+        clif.push_str(&g.sub_clif);
     }
     clif.push_str(&format!("; entry {name}\n{}\n", ctx.func.display()));
     if asm.is_some() {
@@ -263,6 +269,16 @@ struct Gen<'a, 'm> {
     histories: HashSet<BufId>,
     ctx_ptr: Value,
     bufs_ptr: Value,
+    /// Subexpressions already evaluated for the current point (hoisted out of a column loop),
+    /// by address.
+    pinned: HashMap<*const KExpr, Value>,
+    p: &'m Program,
+    /// The entry's name, and how many row-range functions were split off it (their CLIF).
+    name: String,
+    subs: usize,
+    sub_clif: String,
+    /// The first failure to compile a split-off function.
+    error: Option<String>,
 }
 
 /// Every buffer a kernel (or the kernels inside it) writes.
@@ -314,7 +330,7 @@ fn uses_bufs(k: &Kernel, out: &mut HashSet<BufId>) {
 }
 
 impl<'a, 'm> Gen<'a, 'm> {
-    fn new(b: FunctionBuilder<'a>, module: &'m mut JITModule, p: &'m Program, helpers: &'m Helpers, ptr: Type) -> Self {
+    fn new(b: FunctionBuilder<'a>, module: &'m mut JITModule, p: &'m Program, helpers: &'m Helpers, ptr: Type, name: &str) -> Self {
         let (ty, vty, lanes, es) = match p.precision {
             Precision::F32 => (types::F32, types::F32X4, 4, 4),
             Precision::F64 => (types::F64, types::F64X2, 2, 8),
@@ -346,6 +362,12 @@ impl<'a, 'm> Gen<'a, 'm> {
                 .collect(),
             ctx_ptr: dummy,
             bufs_ptr: dummy,
+            pinned: HashMap::new(),
+            p,
+            name: name.to_string(),
+            subs: 0,
+            sub_clif: String::new(),
+            error: None,
         }
     }
 
@@ -635,6 +657,7 @@ impl<'a, 'm> Gen<'a, 'm> {
                 let t = self.b.ins().fmul(f, d);
                 self.splat(t, lanes)
             }
+            _ if self.pinned.contains_key(&(e as *const KExpr)) => self.pinned[&(e as *const KExpr)],
             KExpr::Load(b, a) => {
                 if let Some(v) = cache.get(&(*b, *a)) {
                     return *v;
@@ -793,7 +816,18 @@ impl<'a, 'm> Gen<'a, 'm> {
 
     /// Evaluates the stores of a fused loop at one point.
     fn point(&mut self, stores: &[Store], at: At, lanes: u8) {
-        let mut cache = HashMap::new();
+        self.point_with(stores, at, lanes, HashMap::new());
+    }
+
+    /// `point`, starting from values already loaded at this point (`cache`); returns the
+    /// loads and stores made, by buffer and access mode.
+    fn point_with(
+        &mut self,
+        stores: &[Store],
+        at: At,
+        lanes: u8,
+        mut cache: HashMap<(BufId, Access), Value>,
+    ) -> HashMap<(BufId, Access), Value> {
         for s in stores {
             let v = self.expr(&s.value, at, lanes, &mut cache);
             let v = match &s.guard {
@@ -815,6 +849,7 @@ impl<'a, 'm> Gen<'a, 'm> {
             cache.retain(|(b, _), _| *b != s.out);
             cache.insert((s.out, self.out_access(s.out)), v);
         }
+        cache
     }
 
     /// Runs `body(point, lanes)` over `0..n` columns: vectors, then a scalar tail.
@@ -905,6 +940,21 @@ impl<'a, 'm> Gen<'a, 'm> {
         }
     }
 
+    /// `out (+)= x · wᵀ` (or `x · w`) through gemm.
+    fn gemm_call(&mut self, out: BufId, x: BufId, w: BufId, n_out: usize, n_in: usize, transpose: bool, accumulate: bool) {
+        let args = [
+            self.bases[&out],
+            self.bases[&x],
+            self.bases[&w],
+            self.nb,
+            self.iconst(n_out as i64),
+            self.iconst(n_in as i64),
+            self.iconst(transpose as i64),
+            self.iconst(accumulate as i64),
+        ];
+        self.call("matmul", &args);
+    }
+
     fn kernel(&mut self, k: &Kernel) {
         match k {
             Kernel::Map { batched, cols, stores } => {
@@ -929,13 +979,24 @@ impl<'a, 'm> Gen<'a, 'm> {
                 let nbb = self.rows_value(*over_batch);
                 let zero = self.iconst(0);
                 let (rows, cols) = (*rows, *cols);
-                self.for_loop(zero, nbb, 1, &mut |g, bb| {
-                    let z = g.iconst(0);
-                    let re = g.iconst(rows as i64);
-                    g.for_loop(z, re, 1, &mut |g, i| {
-                        g.columns(cols, &mut |g, j, lanes| g.point(stores, At::Syn { i, j, bb, rows, cols }, lanes));
+                if !self.blockable(stores) {
+                    // Some rule reads what it writes other than at its own synapse: keep the
+                    // row-by-row order.
+                    self.for_loop(zero, nbb, 1, &mut |g, bb| {
+                        let z = g.iconst(0);
+                        let re = g.iconst(rows as i64);
+                        g.for_loop(z, re, 1, &mut |g, i| {
+                            g.columns(cols, &mut |g, j, lanes| g.point(stores, At::Syn { i, j, bb, rows, cols }, lanes));
+                        });
                     });
-                });
+                } else if !*over_batch && rows * cols >= PAR_MIN_SYNAPSES && rows >= 2 * BLOCK_ROWS as usize {
+                    self.par_synmap(k, rows);
+                } else if *over_batch {
+                    self.for_loop(zero, nbb, 1, &mut |g, bb| g.syn_blocked(stores, rows, cols, bb, None));
+                } else {
+                    let plan = sparse_plan(stores, self.lanes as usize, rows, cols);
+                    self.syn_blocked(stores, rows, cols, zero, plan.as_ref());
+                }
             }
             Kernel::SynReduce { out, row, op, rows, cols, value } => {
                 let (out, op, rows, cols) = (*out, *op, *rows, *cols);
@@ -970,19 +1031,21 @@ impl<'a, 'm> Gen<'a, 'm> {
                     });
                 }
             }
+            Kernel::MatMul { out, x, w, n_out, n_in, transpose: false, accumulate } => {
+                // One sample: generated code (no call, zero inputs skipped); a batch: gemm.
+                let one = self.b.ins().icmp_imm_s(IntCC::Equal, self.nb, 1);
+                let (single, batch, cont) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
+                self.b.ins().brif(one, single, &[], batch, &[]);
+                self.b.switch_to_block(single);
+                self.matvec(*out, *x, *w, *n_out, *n_in, *accumulate);
+                self.b.ins().jump(cont, &[]);
+                self.b.switch_to_block(batch);
+                self.gemm_call(*out, *x, *w, *n_out, *n_in, false, *accumulate);
+                self.b.ins().jump(cont, &[]);
+                self.b.switch_to_block(cont);
+            }
             Kernel::MatMul { out, x, w, n_out, n_in, transpose, accumulate } => {
-                let (y, xb, wb) = (self.bases[out], self.bases[x], self.bases[w]);
-                let args = [
-                    y,
-                    xb,
-                    wb,
-                    self.nb,
-                    self.iconst(*n_out as i64),
-                    self.iconst(*n_in as i64),
-                    self.iconst(*transpose as i64),
-                    self.iconst(*accumulate as i64),
-                ];
-                self.call("matmul", &args);
+                self.gemm_call(*out, *x, *w, *n_out, *n_in, *transpose, *accumulate)
             }
             Kernel::Outer { out, p, q, rows, cols, mean, repeat } => {
                 let scale = if *mean { self.inv_nb } else { self.fconst(1.0) };
@@ -1053,4 +1116,620 @@ impl<'a, 'm> Gen<'a, 'm> {
 enum Cond {
     Scalar(Value),
     Vector(Value),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Synapse passes: rows in blocks, row invariants hoisted, provably-zero work skipped
+
+/// Which rows or column groups a blocked synapse pass visits.
+#[derive(Clone, Copy)]
+enum Visit {
+    /// All of them, in order.
+    All,
+    /// The first `count` entries (`u32`, in order) of the list at `addr`.
+    List { addr: Value, count: Value },
+}
+
+/// Rows per pass of a blocked synapse loop: each `pre` value loaded is shared by this many rows.
+const BLOCK_ROWS: i64 = 4;
+
+/// Longest row or column-group list kept on the stack (`u32` entries).
+const MAX_LIST: usize = 1 << 16;
+
+/// A synapse update `w ± T` whose term `T` is a product of leaves: a zero `post` (`pre`)
+/// factor makes `T` a signed zero on its whole row (column) when every factor it is multiplied
+/// with on the way to the root of `T` is finite. `w ± 0` is `w` (up to the sign of a zero `w`:
+/// `-0 + 0` is `+0`), so such rows and columns are skipped. Finiteness is checked at run time
+/// (`siblings`); where it fails nothing is skipped.
+struct SparsePlan<'e> {
+    /// A `post` leaf and the leaves it is multiplied with.
+    row: Option<(&'e KExpr, Vec<&'e KExpr>)>,
+    /// A `pre` leaf and the leaves it is multiplied with.
+    col: Option<(&'e KExpr, Vec<&'e KExpr>)>,
+}
+
+/// Whether an expression is a leaf of a skippable product term.
+fn product_leaf(e: &KExpr, out: BufId) -> bool {
+    match e {
+        KExpr::Const(c) => c.is_finite(),
+        KExpr::StepCount => true,
+        KExpr::Load(b, a) => *b != out && matches!(a, Access::Post | Access::Pre | Access::Sample | Access::Scalar),
+        _ => false,
+    }
+}
+
+/// The leaves of a product tree (`None` if `e` is not a product of leaves).
+fn product_leaves<'e>(e: &'e KExpr, out: BufId, acc: &mut Vec<&'e KExpr>) -> bool {
+    match e {
+        KExpr::Binary(BinOp::Mul, a, b) => product_leaves(a, out, acc) && product_leaves(b, out, acc),
+        _ if product_leaf(e, out) => {
+            acc.push(e);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The subtrees multiplied with `target` on its path from the root `e` (innermost last).
+fn path_siblings<'e>(e: &'e KExpr, target: *const KExpr, acc: &mut Vec<&'e KExpr>) -> bool {
+    if std::ptr::eq(e, target) {
+        return true;
+    }
+    if let KExpr::Binary(BinOp::Mul, a, b) = e {
+        acc.push(b);
+        if path_siblings(a, target, acc) {
+            return true;
+        }
+        acc.pop();
+        acc.push(a);
+        if path_siblings(b, target, acc) {
+            return true;
+        }
+        acc.pop();
+    }
+    false
+}
+
+/// Skipping for a pass over `rows × cols` synapses with these stores, if it is a pure product
+/// update (one unguarded store `w = w ± T`).
+fn sparse_plan(stores: &[Store], lanes: usize, rows: usize, cols: usize) -> Option<SparsePlan<'_>> {
+    let [s] = stores else { return None };
+    if s.guard.is_some() || rows > MAX_LIST || cols / lanes > MAX_LIST {
+        return None;
+    }
+    let KExpr::Binary(BinOp::Add | BinOp::Sub, old, t) = &s.value else { return None };
+    if **old != KExpr::Load(s.out, Access::Elem) {
+        return None;
+    }
+    let mut leaves = Vec::new();
+    if !product_leaves(t, s.out, &mut leaves) {
+        return None;
+    }
+    let pick = |acc: Access| {
+        leaves.iter().find_map(|l| {
+            let KExpr::Load(_, a) = l else { return None };
+            if *a != acc {
+                return None;
+            }
+            let mut sib = Vec::new();
+            // Every factor on the path must be a leaf: a product of finite leaves may overflow.
+            (path_siblings(t, *l as *const KExpr, &mut sib) && sib.iter().all(|x| product_leaf(x, s.out))).then_some((*l, sib))
+        })
+    };
+    let plan = SparsePlan { row: pick(Access::Post), col: if cols >= lanes { pick(Access::Pre) } else { None } };
+    (plan.row.is_some() || plan.col.is_some()).then_some(plan)
+}
+
+impl<'a, 'm> Gen<'a, 'm> {
+    /// Whether the rows of a synapse pass are independent: every buffer it writes is read only
+    /// at the synapse being written (so rows may be interleaved and row values hoisted).
+    fn blockable(&self, stores: &[Store]) -> bool {
+        let outs: HashSet<BufId> = stores.iter().map(|s| s.out).collect();
+        let mut ok = true;
+        for s in stores {
+            for e in std::iter::once(&s.value).chain(&s.guard) {
+                e.walk(&mut |x| {
+                    if let KExpr::Load(b, a) = x {
+                        if outs.contains(b) && *a != Access::Elem {
+                            ok = false;
+                        }
+                    }
+                });
+            }
+        }
+        ok && stores.iter().all(|s| !self.histories.contains(&s.out))
+    }
+
+    /// A `u32` list of `n` entries on the stack.
+    fn stack_list(&mut self, n: usize) -> Value {
+        let slot = self.b.create_sized_stack_slot(ir::StackSlotData::new(ir::StackSlotKind::ExplicitSlot, (n.max(1) * 4) as u32, 4));
+        self.b.ins().stack_addr(self.ptr, slot, 0)
+    }
+
+    /// 1 (i8) where `x` is finite.
+    fn finite(&mut self, x: Value) -> Value {
+        let d = self.b.ins().fsub(x, x);
+        self.b.ins().fcmp(FloatCC::Equal, d, d)
+    }
+
+    /// 1 (i8) where the first `n` elements of `buf` are all finite.
+    fn all_finite(&mut self, buf: BufId, n: usize) -> Value {
+        let lanes = self.lanes as usize;
+        let vec_end = n - n % lanes;
+        let vacc = self.b.declare_var(self.vty);
+        let z = self.splat_const(0.0, self.lanes);
+        self.b.def_var(vacc, z);
+        let sacc = self.b.declare_var(self.ty);
+        let zs = self.fconst(0.0);
+        self.b.def_var(sacc, zs);
+        let flags = self.flags(buf);
+        let (vty, ty) = (self.vty, self.ty);
+        let start = self.iconst(0);
+        let end = self.iconst(vec_end as i64);
+        // Σ (x − x) is 0 when every x is finite, NaN otherwise.
+        self.for_loop(start, end, lanes as i64, &mut |g, j| {
+            let a = g.addr(buf, j);
+            let x = g.b.ins().load(vty, flags, a, 0);
+            let d = g.b.ins().fsub(x, x);
+            let acc = g.b.use_var(vacc);
+            let r = g.b.ins().fadd(acc, d);
+            g.b.def_var(vacc, r);
+        });
+        let start = self.iconst(vec_end as i64);
+        let end = self.iconst(n as i64);
+        self.for_loop(start, end, 1, &mut |g, j| {
+            let a = g.addr(buf, j);
+            let x = g.b.ins().load(ty, flags, a, 0);
+            let d = g.b.ins().fsub(x, x);
+            let acc = g.b.use_var(sacc);
+            let r = g.b.ins().fadd(acc, d);
+            g.b.def_var(sacc, r);
+        });
+        let v = self.b.use_var(vacc);
+        let m = self.b.ins().fcmp(FloatCC::Equal, v, v);
+        let vok = self.b.ins().vall_true(m);
+        let s = self.b.use_var(sacc);
+        let sok = self.b.ins().fcmp(FloatCC::Equal, s, s);
+        self.b.ins().band(vok, sok)
+    }
+
+    /// 1 (i8) where every sibling leaf not indexed by `skip` (the loop the list runs over) is
+    /// finite everywhere; post leaves are checked over all `rows` when `skip` is `Pre`.
+    fn siblings_finite(&mut self, sib: &[&KExpr], skip: Access, rows: usize, cols: usize) -> Value {
+        let mut ok = self.b.ins().iconst(types::I8, 1);
+        for l in sib {
+            let f = match l {
+                KExpr::Load(b, Access::Pre) => self.all_finite(*b, cols),
+                KExpr::Load(b, Access::Post) if skip == Access::Pre => self.all_finite(*b, rows),
+                KExpr::Load(b, Access::Sample | Access::Scalar) => {
+                    let flags = self.flags(*b);
+                    let x = self.b.ins().load(self.ty, flags, self.bases[b], 0);
+                    self.finite(x)
+                }
+                _ => continue,
+            };
+            ok = self.b.ins().band(ok, f);
+        }
+        ok
+    }
+
+    /// The rows of a pass that are not provably unchanged, as a list.
+    fn row_list(&mut self, zero: &KExpr, sib: &[&KExpr], rows: usize, cols: usize) -> Visit {
+        let KExpr::Load(zb, _) = zero else { unreachable!("a post leaf") };
+        let zb = *zb;
+        let global = self.siblings_finite(sib, Access::Post, rows, cols);
+        let addr = self.stack_list(rows);
+        let n = self.b.declare_var(types::I64);
+        let z0 = self.iconst(0);
+        self.b.def_var(n, z0);
+        let start = self.iconst(0);
+        let end = self.iconst(rows as i64);
+        let flags = self.flags(zb);
+        self.for_loop(start, end, 1, &mut |g, i| {
+            let a = g.addr(zb, i);
+            let x = g.b.ins().load(g.ty, flags, a, 0);
+            let zc = g.fconst(0.0);
+            let mut skip = g.b.ins().fcmp(FloatCC::Equal, x, zc);
+            skip = g.b.ins().band(skip, global);
+            for l in sib {
+                if let KExpr::Load(b, Access::Post) = l {
+                    let fl = g.flags(*b);
+                    let a = g.addr(*b, i);
+                    let y = g.b.ins().load(g.ty, fl, a, 0);
+                    let f = g.finite(y);
+                    skip = g.b.ins().band(skip, f);
+                }
+            }
+            // Branch-free: write the index, advance unless skipped.
+            let k = g.b.use_var(n);
+            let off = g.b.ins().ishl_imm_u(k, 2);
+            let slot = g.b.ins().iadd(addr, off);
+            g.b.ins().istore32(MemFlagsData::trusted(), i, slot, 0);
+            let keep = g.b.ins().bxor_imm_u(skip, 1);
+            let keep = g.b.ins().uextend(types::I64, keep);
+            let k1 = g.b.ins().iadd(k, keep);
+            g.b.def_var(n, k1);
+        });
+        let count = self.b.use_var(n);
+        Visit::List { addr, count }
+    }
+
+    /// The first columns of the vector groups of a pass that are not provably unchanged.
+    fn col_list(&mut self, zero: &KExpr, sib: &[&KExpr], rows: usize, cols: usize) -> Visit {
+        let KExpr::Load(zb, _) = zero else { unreachable!("a pre leaf") };
+        let zb = *zb;
+        let lanes = self.lanes as usize;
+        let vec_end = cols - cols % lanes;
+        let global = self.siblings_finite(sib, Access::Pre, rows, cols);
+        let addr = self.stack_list(vec_end / lanes);
+        let n = self.b.declare_var(types::I64);
+        let z0 = self.iconst(0);
+        self.b.def_var(n, z0);
+        let start = self.iconst(0);
+        let end = self.iconst(vec_end as i64);
+        let flags = self.flags(zb);
+        self.for_loop(start, end, lanes as i64, &mut |g, j| {
+            let a = g.addr(zb, j);
+            let x = g.b.ins().load(g.vty, flags, a, 0);
+            let zc = g.splat_const(0.0, g.lanes);
+            let m = g.b.ins().fcmp(FloatCC::Equal, x, zc);
+            let all = g.b.ins().vall_true(m);
+            let skip = g.b.ins().band(all, global);
+            let k = g.b.use_var(n);
+            let off = g.b.ins().ishl_imm_u(k, 2);
+            let slot = g.b.ins().iadd(addr, off);
+            g.b.ins().istore32(MemFlagsData::trusted(), j, slot, 0);
+            let keep = g.b.ins().bxor_imm_u(skip, 1);
+            let keep = g.b.ins().uextend(types::I64, keep);
+            let k1 = g.b.ins().iadd(k, keep);
+            g.b.def_var(n, k1);
+        });
+        let count = self.b.use_var(n);
+        Visit::List { addr, count }
+    }
+
+    /// Entry `k` of a visit list (or `k` itself).
+    fn visit_at(&mut self, v: Visit, k: Value) -> Value {
+        match v {
+            Visit::All => k,
+            Visit::List { addr, .. } => {
+                let off = self.b.ins().ishl_imm_u(k, 2);
+                let a = self.b.ins().iadd(addr, off);
+                self.b.ins().uload32(MemFlagsData::trusted(), a, 0)
+            }
+        }
+    }
+
+    /// One pass over the synapses of `rows × cols` (batch row `bb`): `BLOCK_ROWS` rows at a
+    /// time so that each `pre` load serves all of them, row-invariant subexpressions evaluated
+    /// once per row, and with a plan only the rows and column groups that can change.
+    fn syn_blocked(&mut self, stores: &[Store], rows: usize, cols: usize, bb: Value, plan: Option<&SparsePlan>) {
+        let rv = match plan.and_then(|p| p.row.as_ref()) {
+            Some((z, sib)) => self.row_list(z, sib, rows, cols),
+            None => Visit::All,
+        };
+        let cv = match plan.and_then(|p| p.col.as_ref()) {
+            Some((z, sib)) => self.col_list(z, sib, rows, cols),
+            None => Visit::All,
+        };
+        let (lo, hi) = match rv {
+            Visit::All => (self.iconst(0), self.iconst(rows as i64)),
+            Visit::List { count, .. } => (self.iconst(0), count),
+        };
+        self.syn_range(stores, rows, cols, bb, rv, cv, lo, hi);
+    }
+
+    /// Entries `lo .. hi` of the rows `rv` of a blocked synapse pass.
+    fn syn_range(&mut self, stores: &[Store], rows: usize, cols: usize, bb: Value, rv: Visit, cv: Visit, lo: Value, hi: Value) {
+        let n = self.b.ins().isub(hi, lo);
+        let n4 = self.b.ins().band_imm_s(n, -BLOCK_ROWS);
+        let blocked = self.b.ins().iadd(lo, n4);
+        self.for_loop(lo, blocked, BLOCK_ROWS, &mut |g, k| {
+            let is: Vec<Value> = (0..BLOCK_ROWS)
+                .map(|t| {
+                    let kt = g.b.ins().iadd_imm_s(k, t);
+                    g.visit_at(rv, kt)
+                })
+                .collect();
+            g.syn_rows(stores, &is, rows, cols, bb, cv);
+        });
+        self.for_loop(blocked, hi, 1, &mut |g, k| {
+            let i = g.visit_at(rv, k);
+            g.syn_rows(stores, &[i], rows, cols, bb, cv);
+        });
+    }
+
+    /// Row-invariant subexpressions of the stores (no synapse or `pre` value, no random draw),
+    /// evaluated at row `i` in vector form.
+    fn row_invariants(&mut self, stores: &[Store], at: At) -> HashMap<*const KExpr, Value> {
+        fn invariant(e: &KExpr) -> bool {
+            let mut ok = true;
+            e.walk(&mut |x| match x {
+                KExpr::Load(_, Access::Elem | Access::Trans | Access::Pre | Access::Hist) | KExpr::Rand(..) => ok = false,
+                _ => {}
+            });
+            ok
+        }
+        fn collect<'e>(e: &'e KExpr, out: &mut Vec<&'e KExpr>) {
+            if invariant(e) {
+                if !matches!(e, KExpr::Const(_)) {
+                    out.push(e);
+                }
+                return;
+            }
+            match e {
+                KExpr::Unary(_, a) => collect(a, out),
+                KExpr::Binary(_, a, b) => {
+                    collect(a, out);
+                    collect(b, out);
+                }
+                KExpr::Call(_, args) => args.iter().for_each(|a| collect(a, out)),
+                _ => {}
+            }
+        }
+        let mut subs = Vec::new();
+        for s in stores {
+            collect(&s.value, &mut subs);
+            if let Some(g) = &s.guard {
+                collect(g, &mut subs);
+            }
+        }
+        let mut cache = HashMap::new();
+        let mut out = HashMap::new();
+        for e in subs {
+            let v = self.expr(e, at, self.lanes, &mut cache);
+            out.insert(e as *const KExpr, v);
+        }
+        out
+    }
+
+    /// The synapses of rows `is` (column groups as `cv` says, then the scalar tail).
+    fn syn_rows(&mut self, stores: &[Store], is: &[Value], rows: usize, cols: usize, bb: Value, cv: Visit) {
+        let lanes = self.lanes as usize;
+        let vec_end = cols - cols % lanes;
+        if vec_end > 0 {
+            let zero = self.iconst(0);
+            let pins: Vec<_> = is.iter().map(|&i| self.row_invariants(stores, At::Syn { i, j: zero, bb, rows, cols })).collect();
+            let mut body = |g: &mut Self, j: Value| {
+                // Loads of `pre` and per-sample values serve every row of the block.
+                let mut shared: HashMap<(BufId, Access), Value> = HashMap::new();
+                for (r, &i) in is.iter().enumerate() {
+                    g.pinned = pins[r].clone();
+                    let seen = g.point_with(stores, At::Syn { i, j, bb, rows, cols }, g.lanes, shared.clone());
+                    shared = seen.into_iter().filter(|((_, a), _)| matches!(a, Access::Pre | Access::Sample | Access::Scalar)).collect();
+                }
+                g.pinned.clear();
+            };
+            match cv {
+                Visit::All => {
+                    let end = self.iconst(vec_end as i64);
+                    self.for_loop(zero, end, lanes as i64, &mut body);
+                }
+                Visit::List { addr, count } => {
+                    self.for_loop(zero, count, 1, &mut |g, k| {
+                        let j = g.visit_at(Visit::List { addr, count }, k);
+                        body(g, j);
+                    });
+                }
+            }
+        }
+        if vec_end < cols {
+            for &i in is {
+                let start = self.iconst(vec_end as i64);
+                let end = self.iconst(cols as i64);
+                self.for_loop(start, end, 1, &mut |g, j| g.point(stores, At::Syn { i, j, bb, rows, cols }, 1));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Matrix–vector products at batch 1
+
+impl<'a, 'm> Gen<'a, 'm> {
+    /// The column groups (first columns) of `x[0, ..n]` with some nonzero lane, as a list.
+    fn nonzero_groups(&mut self, x: BufId, n: usize) -> Visit {
+        let lanes = self.lanes as usize;
+        let vec_end = n - n % lanes;
+        let addr = self.stack_list(vec_end / lanes);
+        let cnt = self.b.declare_var(types::I64);
+        let z0 = self.iconst(0);
+        self.b.def_var(cnt, z0);
+        let start = self.iconst(0);
+        let end = self.iconst(vec_end as i64);
+        let flags = self.flags(x);
+        self.for_loop(start, end, lanes as i64, &mut |g, j| {
+            let a = g.addr(x, j);
+            let v = g.b.ins().load(g.vty, flags, a, 0);
+            let zc = g.splat_const(0.0, g.lanes);
+            let m = g.b.ins().fcmp(FloatCC::NotEqual, v, zc);
+            let any = g.b.ins().vany_true(m);
+            let k = g.b.use_var(cnt);
+            let off = g.b.ins().ishl_imm_u(k, 2);
+            let slot = g.b.ins().iadd(addr, off);
+            g.b.ins().istore32(MemFlagsData::trusted(), j, slot, 0);
+            let keep = g.b.ins().uextend(types::I64, any);
+            let k1 = g.b.ins().iadd(k, keep);
+            g.b.def_var(cnt, k1);
+        });
+        let count = self.b.use_var(cnt);
+        Visit::List { addr, count }
+    }
+
+    /// `out[0, o] (+)= Σ_i x[0, i] w[o, i]` for one sample: `BLOCK_ROWS` rows of `w` per pass,
+    /// two vector accumulators per row, fused multiply-adds, and only the column groups where
+    /// `x` has a nonzero value (a zero input contributes nothing; see docs/language.md).
+    fn matvec(&mut self, out: BufId, x: BufId, w: BufId, n_out: usize, n_in: usize, accumulate: bool) {
+        let lanes = self.lanes as usize;
+        let vec_end = n_in - n_in % lanes;
+        let groups = self.nonzero_groups(x, n_in);
+        let Visit::List { addr, count } = groups else { unreachable!("a list") };
+        let blocked = (n_out as i64) & -BLOCK_ROWS;
+        let zero = self.iconst(0);
+        let bend = self.iconst(blocked);
+        self.for_loop(zero, bend, BLOCK_ROWS, &mut |g, o| {
+            g.matvec_rows(out, x, w, o, BLOCK_ROWS as usize, n_in, vec_end, addr, count, accumulate)
+        });
+        let start = self.iconst(blocked);
+        let end = self.iconst(n_out as i64);
+        self.for_loop(start, end, 1, &mut |g, o| g.matvec_rows(out, x, w, o, 1, n_in, vec_end, addr, count, accumulate));
+    }
+
+    /// Rows `o .. o + nr` of a batch-1 matrix–vector product.
+    fn matvec_rows(
+        &mut self,
+        out: BufId,
+        x: BufId,
+        w: BufId,
+        o: Value,
+        nr: usize,
+        n_in: usize,
+        vec_end: usize,
+        list: Value,
+        count: Value,
+        accumulate: bool,
+    ) {
+        let (vty, ty) = (self.vty, self.ty);
+        // Read-only for the egraph pass even if another kernel of the entry writes `w` or `x`:
+        // nothing writes them during the product, and every address depends on a column
+        // index loaded from the list in the same iteration, so no load can be hoisted out of
+        // the product or merged with one of another kernel. Pure loads fold into the
+        // multiply-adds (fewer registers live, no spills).
+        let (xf, wf) = (Self::ro(), Self::ro());
+        let zv = self.splat_const(0.0, self.lanes);
+        // Row starts (element index of w[o + r, 0]).
+        let starts: Vec<Value> = (0..nr)
+            .map(|r| {
+                let row = self.b.ins().iadd_imm_s(o, r as i64);
+                self.b.ins().imul_imm_s(row, n_in as i64)
+            })
+            .collect();
+        let accs: Vec<[Variable; 2]> = (0..nr)
+            .map(|_| {
+                let a = self.b.declare_var(vty);
+                let b = self.b.declare_var(vty);
+                self.b.def_var(a, zv);
+                self.b.def_var(b, zv);
+                [a, b]
+            })
+            .collect();
+        // Pairs of column groups, then the odd one.
+        let pairs = self.b.ins().band_imm_s(count, -2);
+        let zero = self.iconst(0);
+        let step = |g: &mut Self, k: Value, u: usize| {
+            let off = g.b.ins().ishl_imm_u(k, 2);
+            let a = g.b.ins().iadd(list, off);
+            let j = g.b.ins().uload32(MemFlagsData::trusted(), a, 0);
+            let xa = g.addr(x, j);
+            let xv = g.b.ins().load(vty, xf, xa, 0);
+            for (r, acc) in accs.iter().enumerate() {
+                let idx = g.b.ins().iadd(starts[r], j);
+                let wa = g.addr(w, idx);
+                let wv = g.b.ins().load(vty, wf, wa, 0);
+                let s = g.b.use_var(acc[u]);
+                let s = g.b.ins().fma(wv, xv, s);
+                g.b.def_var(acc[u], s);
+            }
+        };
+        self.for_loop(zero, pairs, 2, &mut |g, k| {
+            step(g, k, 0);
+            let k1 = g.b.ins().iadd_imm_s(k, 1);
+            step(g, k1, 1);
+        });
+        self.for_loop(pairs, count, 1, &mut |g, k| step(g, k, 0));
+        for (r, acc) in accs.iter().enumerate() {
+            let a = self.b.use_var(acc[0]);
+            let b = self.b.use_var(acc[1]);
+            let v = self.b.ins().fadd(a, b);
+            let mut s = self.b.ins().extractlane(v, 0);
+            for l in 1..self.lanes {
+                let e = self.b.ins().extractlane(v, l);
+                s = self.b.ins().fadd(s, e);
+            }
+            // The scalar tail.
+            let sv = self.b.declare_var(ty);
+            self.b.def_var(sv, s);
+            let start = self.iconst(vec_end as i64);
+            let end = self.iconst(n_in as i64);
+            let row_start = starts[r];
+            self.for_loop(start, end, 1, &mut |g, j| {
+                let xa = g.addr(x, j);
+                let xs = g.b.ins().load(ty, xf, xa, 0);
+                let idx = g.b.ins().iadd(row_start, j);
+                let wa = g.addr(w, idx);
+                let ws = g.b.ins().load(ty, wf, wa, 0);
+                let acc = g.b.use_var(sv);
+                let r = g.b.ins().fma(ws, xs, acc);
+                g.b.def_var(sv, r);
+            });
+            let mut s = self.b.use_var(sv);
+            let row = self.b.ins().iadd_imm_s(o, r as i64);
+            let oa = self.addr(out, row);
+            if accumulate {
+                let old = self.b.ins().load(ty, MemFlagsData::trusted(), oa, 0);
+                s = self.b.ins().fadd(old, s);
+            }
+            self.b.ins().store(MemFlagsData::trusted(), s, oa, 0);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Large synapse passes on several threads
+
+/// Synapse passes with at least this many synapses (16 MB of f32 per buffer) are split by rows
+/// over threads (`circ_runtime::abi::circ_par_rows`); below it a thread costs more than it saves.
+const PAR_MIN_SYNAPSES: usize = 1 << 22;
+
+impl<'a, 'm> Gen<'a, 'm> {
+    /// Compiles a blockable synapse pass as a function of a row range,
+    /// `fn(bufs, nb, ctx, lo, hi)`, and calls it through the runtime, which splits the rows over
+    /// threads. Rows are independent (`blockable`), so the result does not depend on the split.
+    fn par_synmap(&mut self, k: &Kernel, rows: usize) {
+        let Kernel::SynMap { rows: r, cols, stores, .. } = k else { unreachable!("a synapse pass") };
+        let (r, cols) = (*r, *cols);
+        let ptr = self.ptr;
+        let mut sig = self.module.make_signature();
+        for t in [ptr, types::I64, ptr, types::I64, types::I64] {
+            sig.params.push(AbiParam::new(t));
+        }
+        self.subs += 1;
+        let fname = format!("circ_rows_{}_{}", self.name, self.subs);
+        let id = match self.module.declare_function(&fname, Linkage::Local, &sig) {
+            Ok(id) => id,
+            Err(e) => {
+                self.error.get_or_insert(e.to_string());
+                return;
+            }
+        };
+        let mut ctx = self.module.make_context();
+        ctx.func = ir::Function::with_name_signature(UserFuncName::user(1, id.as_u32()), sig);
+        let mut fctx = FunctionBuilderContext::new();
+        {
+            let b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let mut g = Gen::new(b, &mut *self.module, self.p, self.helpers, ptr, &fname);
+            g.prologue(&Entry { kernels: vec![k.clone()] });
+            let blk = g.b.current_block().expect("the prologue's block");
+            let (lo, hi) = (g.b.block_params(blk)[3], g.b.block_params(blk)[4]);
+            let zero = g.iconst(0);
+            g.syn_range(stores, r, cols, zero, Visit::All, Visit::All, lo, hi);
+            g.b.ins().return_(&[]);
+            g.b.seal_all_blocks();
+            let cfg = g.module.target_config();
+            g.b.finalize(cfg);
+        }
+        self.sub_clif.push_str(&format!("; rows of entry {}\n{}\n", self.name, ctx.func.display()));
+        if let Err(e) = self.module.define_function(id, &mut ctx) {
+            self.error.get_or_insert(format!("Cranelift could not compile `{fname}`: {e:?}"));
+            return;
+        }
+        self.module.clear_context(&mut ctx);
+        let fref = self.module.declare_func_in_func(id, self.b.func);
+        // Not colocated: JIT code regions need not be within a 32-bit displacement.
+        self.b.func.dfg.ext_funcs[fref].colocated = false;
+        let fp = self.b.ins().func_addr(ptr, fref);
+        let n = self.iconst(rows as i64);
+        let (bufs, nb, cx) = (self.bufs_ptr, self.nb, self.ctx_ptr);
+        self.call("par_rows", &[fp, bufs, nb, cx, n]);
+    }
 }

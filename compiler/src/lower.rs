@@ -479,29 +479,28 @@ impl Lowerer<'_> {
         t
     }
 
-    /// Size of the population an expression lives on (None for scalars).
+    /// Size of the population an expression lives on (None for scalars). A reduction's or a
+    /// cross-entropy's result is one number per sample, so their insides do not count:
+    /// `h.a + sum(x)` lives on `h` whatever the size of `x`.
     fn pop_size_of(&self, e: &Expr) -> Option<usize> {
         let c = self.c;
-        let mut n = None;
-        e.walk(&mut |x| {
-            if n.is_some() {
-                return;
-            }
-            match &x.kind {
-                ExprKind::Var { pop, .. } => n = Some(c.pops[*pop].size),
-                ExprKind::Hist { hist, .. } => n = Some(c.pops[c.histories[*hist].pop].size),
-                ExprKind::Transmit { path, transpose, .. } => {
-                    let p = &c.paths[*path];
-                    n = Some(c.pops[if *transpose { p.pre } else { p.post }].size);
-                }
-                // A reduction's result is a scalar: do not look inside.
-                _ => {}
-            }
-        });
-        // Reductions at the top level make the whole expression scalar.
         match &e.kind {
+            ExprKind::Var { pop, .. } => Some(c.pops[*pop].size),
+            ExprKind::Hist { hist, .. } => Some(c.pops[c.histories[*hist].pop].size),
+            ExprKind::Transmit { path, transpose, .. } => {
+                let p = &c.paths[*path];
+                Some(c.pops[if *transpose { p.pre } else { p.post }].size)
+            }
             ExprKind::Reduce { .. } | ExprKind::CrossEntropy { .. } => None,
-            _ => n,
+            _ => {
+                let mut n = None;
+                e.for_each_child(&mut |ch| {
+                    if n.is_none() {
+                        n = self.pop_size_of(ch);
+                    }
+                });
+                n
+            }
         }
     }
 

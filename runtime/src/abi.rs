@@ -157,6 +157,85 @@ macro_rules! products {
     };
 }
 
+/// A compiled pass over the rows `lo..hi` of a synapse kernel: `(bufs, nb, ctx, lo, hi)`.
+pub type RowsFn = unsafe extern "C" fn(*const *mut u8, i64, *const StepCtx, i64, i64);
+
+/// Threads for the large synapse passes compiled code splits by rows: `CIRC_THREADS` if set
+/// (1 keeps everything on the calling thread), else the available cores.
+pub fn threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::env::var("CIRC_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+            .clamp(1, 64)
+    })
+}
+
+/// The arguments of a row pass, sent to the threads that share it.
+#[derive(Clone, Copy)]
+struct RowsCall {
+    f: RowsFn,
+    bufs: *const *mut u8,
+    nb: i64,
+    ctx: *const StepCtx,
+}
+
+// SAFETY: the pointers address the step's buffers and context, which outlive the scoped
+// threads; the threads run disjoint row ranges of a kernel whose rows are independent (it reads
+// what it writes only at the synapse it writes), so no element is written by two threads or
+// written by one and read by another.
+unsafe impl Send for RowsCall {}
+
+impl RowsCall {
+    /// # Safety
+    /// As for [`circ_par_rows`], with `0 ≤ lo ≤ hi ≤ rows`.
+    unsafe fn run(self, lo: i64, hi: i64) {
+        // SAFETY: see the caller.
+        unsafe { (self.f)(self.bufs, self.nb, self.ctx, lo, hi) }
+    }
+}
+
+/// Runs the rows `0..rows` of a compiled synapse pass, split into [`threads`] ranges (whole
+/// blocks of 4 rows) on scoped threads; the calling thread takes the first. The result does not
+/// depend on the split. If a thread cannot be started, its rows run on the calling thread.
+///
+/// # Safety
+/// `f` must be a compiled row pass of the entry whose arguments `bufs`, `nb`, `ctx` are passed
+/// on unchanged, over a kernel with `rows` independent rows.
+pub unsafe extern "C" fn circ_par_rows(f: RowsFn, bufs: *const *mut u8, nb: i64, ctx: *const StepCtx, rows: i64) {
+    let call = RowsCall { f, bufs, nb, ctx };
+    let t = (threads() as i64).min(rows / 4).max(1);
+    if t == 1 {
+        // SAFETY: the caller's contract, the whole range.
+        unsafe { call.run(0, rows) };
+        return;
+    }
+    let per = (rows + t - 1) / t;
+    let per = (per + 3) / 4 * 4;
+    std::thread::scope(|s| {
+        let mut inline = Vec::new();
+        for c in 1..t {
+            let (lo, hi) = ((c * per).min(rows), ((c + 1) * per).min(rows));
+            if lo >= hi {
+                continue;
+            }
+            // SAFETY: a disjoint sub-range of the rows (see `RowsCall`).
+            let spawned = std::thread::Builder::new().spawn_scoped(s, move || unsafe { call.run(lo, hi) });
+            if spawned.is_err() {
+                inline.push((lo, hi));
+            }
+        }
+        // SAFETY: the first sub-range, and any a thread could not take.
+        unsafe { call.run(0, per.min(rows)) };
+        for (lo, hi) in inline {
+            // SAFETY: as above.
+            unsafe { call.run(lo, hi) };
+        }
+    });
+}
+
 products!(f32, circ_matmul_f32, circ_outer_f32, circ_batch_sum_f32);
 products!(f64, circ_matmul_f64, circ_outer_f64, circ_batch_sum_f64);
 

@@ -204,9 +204,17 @@ fn cli_stdin_to_stdout() {
 /// formatter fail its own checks: every parsing variant formats faithfully and idempotently.
 #[test]
 fn comments_anywhere_and_mutations() {
-    for name in ["stdlib/fa.circ", "stdlib/optim.circ", "examples/tutorial/moons.circ"] {
-        let text = std::fs::read_to_string(common::root().join(name)).unwrap();
-        let cuts: Vec<usize> = text.char_indices().map(|(i, _)| i).step_by(17).collect();
+    // CIRC_FMT_EXHAUSTIVE=1: every position of every corpus file (minutes, not seconds).
+    let exhaustive = std::env::var_os("CIRC_FMT_EXHAUSTIVE").is_some();
+    let names: Vec<PathBuf> = if exhaustive {
+        common::corpus()
+    } else {
+        ["stdlib/fa.circ", "stdlib/optim.circ", "examples/tutorial/moons.circ"].iter().map(|n| common::root().join(n)).collect()
+    };
+    for path in names {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cuts: Vec<usize> = text.char_indices().map(|(i, _)| i).step_by(if exhaustive { 1 } else { 17 }).collect();
         for (k, &i) in cuts.iter().enumerate() {
             let insert = ["/* c */", "// c\n", "\n\n", " "][k % 4];
             let mut variants = vec![format!("{}{insert}{}", &text[..i], &text[i..])];

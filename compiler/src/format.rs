@@ -310,6 +310,31 @@ impl<'a> Printer<'a> {
         self.last = self.last.max(end);
     }
 
+    /// Closes a block without an else branch, ending before `end`. An `else` written empty (or
+    /// holding only comments) is kept, so that its comments stay in it.
+    fn close_empty_else(&mut self, then_end: usize, end: usize) {
+        let brace = self.brace_after(then_end);
+        let mut i = brace + 1;
+        while let Some(r) = self.src.get(i..end) {
+            let t = r.trim_start();
+            if let Some(c) = self.comments.iter().find(|c| c.lo == i + (r.len() - t.len())) {
+                i = c.hi;
+            } else {
+                i += r.len() - t.len();
+                break;
+            }
+        }
+        let is_else = self
+            .src
+            .get(i..end)
+            .is_some_and(|r| r.starts_with("else") && !r[4..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_'));
+        if is_else {
+            self.close(brace, " else {");
+            self.depth += 1;
+        }
+        self.close(end, "");
+    }
+
     /// The position of the first `}` at or after `from` outside comments and strings.
     fn brace_after(&self, from: usize) -> usize {
         let b = self.src.as_bytes();
@@ -551,7 +576,7 @@ impl<'a> Printer<'a> {
                     let then_end = then.last().map_or(cond.span.hi, |i| i.span().hi) as usize;
                     match els.as_slice() {
                         [] => {
-                            self.close(s.hi as usize, "");
+                            self.close_empty_else(then_end, s.hi as usize);
                             break;
                         }
                         [next @ Item::If { .. }] => {
@@ -711,7 +736,7 @@ impl<'a> Printer<'a> {
                     let then_end = then.last().map_or(cond.span.hi, |t| t.span.hi) as usize;
                     match els.as_slice() {
                         [] => {
-                            self.close(hi, "");
+                            self.close_empty_else(then_end, hi);
                             break;
                         }
                         [next @ Stmt { kind: StmtKind::If { .. }, .. }] => {
@@ -769,12 +794,13 @@ impl<'a> Printer<'a> {
         }
         self.open(s.span.lo as usize, head);
         self.stmts(then);
-        if !els.is_empty() {
-            let then_end = then.last().map_or(head_end, |t| t.span.hi as usize);
-            self.close(self.brace_after(then_end), " else {");
-            self.depth += 1;
-            self.stmts(els);
+        let then_end = then.last().map_or(head_end, |t| t.span.hi as usize);
+        if els.is_empty() {
+            return self.close_empty_else(then_end, s.span.hi as usize);
         }
+        self.close(self.brace_after(then_end), " else {");
+        self.depth += 1;
+        self.stmts(els);
         self.close(s.span.hi as usize, "");
     }
 

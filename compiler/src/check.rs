@@ -147,8 +147,10 @@ pub fn space_of(c: &Circuit, e: &Expr, ctx: Ctx) -> Result<Space, Diagnostic> {
             let p = &c.paths[*path];
             let (sender, receiver) = if *transpose { (p.post, p.pre) } else { (p.pre, p.post) };
             let a = space_of(c, arg, ctx)?;
+            // A scalar (a constant, a signal) has no sending neurons: lowering would have no
+            // vector to multiply by the weights.
             let arg_pop = match (a.idx, ctx) {
-                (Idx::Scalar, _) => Some(sender),
+                (Idx::Scalar, _) => None,
                 (Idx::Neuron(q), _) => Some(q),
                 (Idx::Pre, Ctx::Synapse(q)) => Some(c.paths[q].pre),
                 (Idx::Post, Ctx::Synapse(q)) => Some(c.paths[q].post),
@@ -156,23 +158,32 @@ pub fn space_of(c: &Circuit, e: &Expr, ctx: Ctx) -> Result<Space, Diagnostic> {
             };
             if arg_pop != Some(sender) {
                 let dir = if *transpose { "backwards from" } else { "from" };
+                let (lives, scalar_help) = match a.idx {
+                    Idx::Scalar => (
+                        "is a scalar, one value for all neurons".to_string(),
+                        format!(
+                            "; a scalar has no neurons to send from (to give every neuron of `{s}` the value c, write `c + 0 * {s}`)",
+                            s = c.pops[sender].name
+                        ),
+                    ),
+                    _ => (format!("lives on {}", describe(c, a.idx, ctx)), String::new()),
+                };
                 return Err(Diagnostic::error(
                     "circ::shape::transmit_source",
                     arg.span,
                     format!(
-                        "`{}{}` transmits {dir} `{}`, but its argument lives on {}",
+                        "`{}{}` transmits {dir} `{}`, but its argument {lives}",
                         p.name,
                         if *transpose { "^T" } else { "" },
                         c.pops[sender].name,
-                        describe(c, a.idx, ctx)
                     ),
                 )
                 .label(format!("expected a value of `{}`", c.pops[sender].name))
                 .with(p.name_span, format!("`{}: {} -> {}` declared here", p.name, c.pops[p.pre].name, c.pops[p.post].name))
                 .help(if *transpose {
-                    format!("`{}^T(e)` sends a value of `{}` back to `{}`", p.name, c.pops[p.post].name, c.pops[p.pre].name)
+                    format!("`{}^T(e)` sends a value of `{}` back to `{}`{scalar_help}", p.name, c.pops[p.post].name, c.pops[p.pre].name)
                 } else {
-                    format!("`{}(x)` sends a value of `{}` to `{}`", p.name, c.pops[p.pre].name, c.pops[p.post].name)
+                    format!("`{}(x)` sends a value of `{}` to `{}`{scalar_help}", p.name, c.pops[p.pre].name, c.pops[p.post].name)
                 }));
             }
             let idx = match ctx {

@@ -9,7 +9,7 @@ use crate::check;
 use crate::diag::{Diagnostic, Sources};
 use crate::hir::Circuit;
 use crate::locality::{self, Report};
-use crate::resolve::{self, Override};
+use crate::resolve::{self, ImportError, Override};
 use crate::stdlib;
 use crate::syntax;
 use std::path::{Path, PathBuf};
@@ -39,10 +39,59 @@ impl Frontend {
 /// Reads and compiles a file. A file that cannot be read becomes a diagnostic-free error
 /// string (there is no source to point into).
 pub fn load_file(path: &Path, overrides: &[Override]) -> Result<Frontend, String> {
-    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let text = String::from_utf8(text)
-        .map_err(|e| format!("{} is not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to()))?;
+    let text = read_source(path).map_err(|e| e.to_string())?;
     Ok(load_source(&path.to_string_lossy(), &text, overrides))
+}
+
+/// The largest source file the compiler reads (the root or an import).
+pub const MAX_SOURCE_BYTES: u64 = 8 << 20;
+
+/// Reads a source file: a regular file of at most [`MAX_SOURCE_BYTES`] of UTF-8. Anything else
+/// is refused before reading, so `/dev/zero` cannot exhaust memory and `/dev/stdin` cannot block.
+pub fn read_source(path: &Path) -> Result<String, ImportError> {
+    use std::io::Read;
+    let unreadable = |why: String| ImportError::Unreadable(format!("{}: {why}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => ImportError::NotFound(format!("{}: {e}", path.display())),
+        _ => unreadable(e.to_string()),
+    })?;
+    if !meta.is_file() {
+        return Err(unreadable(format!("not a regular file ({})", file_kind(&meta.file_type()))));
+    }
+    if meta.len() > MAX_SOURCE_BYTES {
+        return Err(unreadable(format!("{} bytes, more than the {} MiB a source file may have", meta.len(), MAX_SOURCE_BYTES >> 20)));
+    }
+    // A regular file can still grow while it is read (or report size 0, like files in /proc).
+    let mut bytes = Vec::new();
+    std::fs::File::open(path).and_then(|f| f.take(MAX_SOURCE_BYTES + 1).read_to_end(&mut bytes)).map_err(|e| unreadable(e.to_string()))?;
+    if bytes.len() as u64 > MAX_SOURCE_BYTES {
+        return Err(unreadable(format!("more than the {} MiB a source file may have", MAX_SOURCE_BYTES >> 20)));
+    }
+    String::from_utf8(bytes).map_err(|e| unreadable(format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to())))
+}
+
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_fifo() {
+            return "a pipe";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if t.is_dir() {
+        "a directory"
+    } else {
+        "a special file"
+    }
 }
 
 /// Compiles a source text named `name` (imports resolve relative to `name`'s directory).
@@ -72,7 +121,7 @@ pub fn load_source(name: &str, text: &str, overrides: &[Override]) -> Frontend {
 
 /// Finds an imported file: relative to the importing file, then in the embedded standard
 /// library (`import "rules.circ"` or `import "std/rules.circ"`).
-fn import_file(importer: &str, import: &str) -> Result<(String, String), String> {
+fn import_file(importer: &str, import: &str) -> Result<(String, String), ImportError> {
     if let Some(name) = import.strip_prefix("std/").or(Some(import)) {
         if !import.starts_with('.') && !import.contains("..") {
             if let Some(text) = stdlib::get(name) {
@@ -85,13 +134,11 @@ fn import_file(importer: &str, import: &str) -> Result<(String, String), String>
         }
     }
     if importer.starts_with("<std>/") {
-        return Err(format!("no standard library file \"{import}\""));
+        return Err(ImportError::NotFound(format!("no standard library file \"{import}\"")));
     }
     let p = sibling(importer, import);
-    match std::fs::read_to_string(&p) {
-        Ok(t) => Ok((p.to_string_lossy().into_owned(), t)),
-        Err(e) => Err(format!("{}: {e}", p.display())),
-    }
+    let text = read_source(&p)?;
+    Ok((p.to_string_lossy().into_owned(), text))
 }
 
 fn sibling(importer: &str, import: &str) -> PathBuf {

@@ -499,25 +499,29 @@ impl Expr {
         let mut stack = vec![self];
         while let Some(e) = stack.pop() {
             f(e);
-            match &e.kind {
-                ExprKind::Transmit { arg, .. } | ExprKind::Unary { arg, .. } | ExprKind::Reduce { arg, .. } => stack.push(arg),
-                ExprKind::Softmax(a) | ExprKind::BatchMean(a) => stack.push(a),
-                ExprKind::Binary { lhs, rhs, .. } => {
-                    stack.push(lhs);
-                    stack.push(rhs);
-                }
-                ExprKind::Call { args, .. } => stack.extend(args.iter()),
-                ExprKind::CrossEntropy { logits, target } => {
-                    stack.push(logits);
-                    stack.push(target);
-                }
-                ExprKind::Grad { loss, .. } => stack.push(loss),
-                ExprKind::Angle(a, b) => {
-                    stack.push(a);
-                    stack.push(b);
-                }
-                _ => {}
+            e.for_each_child(&mut |c| stack.push(c));
+        }
+    }
+    /// Visits the direct sub-expressions.
+    pub fn for_each_child<'a>(&'a self, f: &mut dyn FnMut(&'a Expr)) {
+        match &self.kind {
+            ExprKind::Transmit { arg, .. } | ExprKind::Unary { arg, .. } | ExprKind::Reduce { arg, .. } => f(arg),
+            ExprKind::Softmax(a) | ExprKind::BatchMean(a) => f(a),
+            ExprKind::Binary { lhs, rhs, .. } => {
+                f(lhs);
+                f(rhs);
             }
+            ExprKind::Call { args, .. } => args.iter().for_each(f),
+            ExprKind::CrossEntropy { logits, target } => {
+                f(logits);
+                f(target);
+            }
+            ExprKind::Grad { loss, .. } => f(loss),
+            ExprKind::Angle(a, b) => {
+                f(a);
+                f(b);
+            }
+            _ => {}
         }
     }
 }

@@ -4,13 +4,16 @@
 //! embedded standard library) and the `--set` overrides.
 //! Output: a [`hir::Circuit`] (if no error prevented building one) and every diagnostic found.
 //! Invariants: params are evaluated in declaration order with overrides applied; `for`/`if`
-//! items and statements are unrolled with compile-time values; `fn` and `rule` bodies are
-//! inlined at each use with their own spans (the use site is kept in `Stmt::via` for rules;
-//! the root of an inlined `fn` body takes the span of the call, so a diagnostic inside the body
-//! can name the call that inlined it); recursion among `fn`s and `rule`s is reported, never
-//! followed. A diagnostic found while expanding a `fn` or `rule` carries a label at each call or
-//! `apply` that led there, and identical diagnostics (a family loop body checked once per
-//! member) are reported once. Declarations are collected in passes
+//! items and statements are unrolled with compile-time values, within limits checked before
+//! anything is unrolled (a loop nest unrolls at most `MAX_UNROLL` copies, the product of its
+//! loops' counts; all loops together `MAX_ITERATIONS`); `fn` and `rule` bodies are inlined at
+//! each use with their own spans (the use site is kept in `Stmt::via` for rules; the root of an
+//! inlined `fn` body takes the span of the call, so a diagnostic inside the body can name the
+//! call that inlined it); recursion among `fn`s and `rule`s is reported, never followed; an
+//! expression is bounded in size and depth once inlined, and a program in the work of building
+//! it (`Resolver::expr`). A diagnostic found while expanding a `fn` or `rule` carries a label
+//! at each call or `apply` that led there, and identical diagnostics (a family loop body
+//! checked once per member) are reported once. Declarations are collected in passes
 //! (rules/fns, params, populations, pathways, then bodies), so order in the file does not
 //! matter except among params.
 
@@ -22,7 +25,24 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Loads the text of an imported file: `(importer's name, import string)` to
 /// `(display name, text)`.
-pub type Importer<'a> = dyn FnMut(&str, &str) -> Result<(String, String), String> + 'a;
+pub type Importer<'a> = dyn FnMut(&str, &str) -> Result<(String, String), ImportError> + 'a;
+
+/// Why an import (or a root file) cannot be loaded, in words naming the file.
+#[derive(Clone, Debug)]
+pub enum ImportError {
+    /// No such file, here or in the standard library.
+    NotFound(String),
+    /// It exists but is not a source file: not a regular file, too large, unreadable, not UTF-8.
+    Unreadable(String),
+}
+
+impl std::fmt::Display for ImportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImportError::NotFound(m) | ImportError::Unreadable(m) => write!(f, "cannot read {m}"),
+        }
+    }
+}
 
 /// A `--set NAME=VALUE` from the command line.
 #[derive(Clone, Debug)]
@@ -147,7 +167,8 @@ struct Resolver<'a> {
     overrides: Vec<Override>,
     used_overrides: HashSet<String>,
     params: Vec<Param>,
-    fns: HashMap<String, ast::FnDecl>,
+    /// Shared, not cloned, at each inlined call.
+    fns: HashMap<String, std::rc::Rc<ast::FnDecl>>,
     rules: HashMap<String, ast::RuleDecl>,
     entities: HashMap<String, Entity>,
     signals: Vec<Signal>,
@@ -167,7 +188,41 @@ struct Resolver<'a> {
     reported: HashSet<String>,
     /// Per-path pending `weight`/`mask` expressions, resolved once every pathway exists.
     pending_weights: Vec<(PathId, Option<ast::Expr>, Option<ast::Expr>, Env)>,
+    /// The loops (families and `for` statements) being unrolled, outermost first: the span of
+    /// each range and its number of iterations. Nested loops multiply.
+    loops: Vec<(Span, u64)>,
+    /// Iterations of `for` items unrolled in the current declaration pass (each pass walks the
+    /// same items, so each makes the same decisions), and of `for` statements in all.
+    item_iterations: u64,
+    stmt_iterations: u64,
+    /// Size accounting of the expression being resolved (see [`Resolver::expr`]): the nesting
+    /// depth of `expr` calls, the nodes of the current top-level expression, the nodes built
+    /// or copied in all, the outermost `fn` call being inlined, and the diagnostic once a limit
+    /// is passed.
+    expr_depth: usize,
+    expr_nodes: usize,
+    work: usize,
+    inline_site: Option<(Span, String)>,
+    stopped: bool,
+    oversized: Option<Diagnostic>,
+    total_reported: bool,
 }
+
+/// Most nodes one expression may have after inlining `fn`s (a parsed expression has at most
+/// 4096 operands; a fn that calls another twice doubles at every level).
+const MAX_EXPR_NODES: usize = 100_000;
+/// Deepest nesting of one expression after inlining: a parsed expression can be a chain of
+/// 4096 operands, and the passes after resolution (and resolution itself, about 1 KB of stack
+/// per level) recurse, on an 8 MB stack in the fuzzers and 256 MB in `circ`.
+const MAX_EXPR_DEPTH: usize = syntax::MAX_OPERANDS + 512;
+/// Most expression nodes built or copied for a whole program, after unrolling and inlining:
+/// arguments that a fn discards or copies are work too.
+const MAX_WORK: usize = 4_000_000;
+
+/// Most copies one loop nest may unroll (the product of its loops' iteration counts).
+const MAX_UNROLL: u64 = 100_000;
+/// Most iterations all loops together may unroll (of families per pass, of statements in all).
+const MAX_ITERATIONS: u64 = 1_000_000;
 
 /// Resolves a parsed root file into a circuit.
 pub fn resolve(
@@ -199,6 +254,16 @@ pub fn resolve(
         expansions: Vec::new(),
         reported: HashSet::new(),
         pending_weights: Vec::new(),
+        loops: Vec::new(),
+        item_iterations: 0,
+        stmt_iterations: 0,
+        expr_depth: 0,
+        expr_nodes: 0,
+        work: 0,
+        inline_site: None,
+        stopped: false,
+        oversized: None,
+        total_reported: false,
     };
     let circuit = r.run(root, program);
     (circuit, r.diags)
@@ -244,7 +309,7 @@ impl Resolver<'_> {
                             .help("rename one of them");
                         self.err(d);
                     } else {
-                        self.fns.insert(f.name.name.clone(), f.clone());
+                        self.fns.insert(f.name.name.clone(), std::rc::Rc::new(f.clone()));
                     }
                 }
                 Item::Rule(rd) => {
@@ -291,12 +356,14 @@ impl Resolver<'_> {
         // Pass 2: populations, signals, metas.
         self.declare_pass(&items, &env, 2);
         // Pass 3: pathways.
+        self.item_iterations = 0;
         self.declare_pass(&items, &env, 3);
         // Effective weights and masks may name any pathway.
         for (pid, mask, weight, wenv) in std::mem::take(&mut self.pending_weights) {
             self.path_weight(pid, mask.as_ref(), weight.as_ref(), &wenv);
         }
         // Pass 4: phases, plasticity, monitors, experiment.
+        self.item_iterations = 0;
         self.declare_pass(&items, &env, 4);
 
         let mut f64 = false;
@@ -375,10 +442,16 @@ impl Resolver<'_> {
                             Err(d) => self.err(d),
                         }
                     }
-                    Err(msg) => {
+                    Err(ImportError::NotFound(msg)) => {
                         let d = Diagnostic::error("circ::import::not_found", *span, format!("cannot import \"{path}\""))
                             .label(msg)
                             .help("imports are found relative to the importing file, then in the standard library (`circ std` lists it)");
+                        self.err(d);
+                    }
+                    Err(ImportError::Unreadable(msg)) => {
+                        let d = Diagnostic::error("circ::import::unreadable", *span, format!("cannot import \"{path}\""))
+                            .label(msg)
+                            .help("an import names a circ source file: a regular file of UTF-8 text, at most 8 MiB");
                         self.err(d);
                     }
                 }
@@ -599,6 +672,63 @@ impl Resolver<'_> {
     }
 
     // -----------------------------------------------------------------------------------------
+    // Loops
+
+    /// The values a loop `lo..hi` (a family when `family`, else a `for` statement) unrolls, or
+    /// None when it would pass a limit: more than [`MAX_UNROLL`] copies counting the loops it
+    /// is nested in, or more than [`MAX_ITERATIONS`] iterations in all. The count is computed
+    /// before any value is collected (a bound of 2^31 must not allocate 16 GiB first).
+    fn unroll(&mut self, lo: i64, hi: i64, reverse: bool, range: Span, family: bool, report: bool) -> Option<Vec<i64>> {
+        let count = if hi < lo { 0 } else { u64::try_from(i128::from(hi) - i128::from(lo) + 1).unwrap_or(u64::MAX) };
+        let outer = self.loops.iter().fold(1u64, |p, (_, n)| p.saturating_mul(*n));
+        let (what, one) = if family { ("families", "member") } else { ("loops", "iteration") };
+        let err = if count > MAX_UNROLL {
+            let msg = if family { format!("a family of {count} members") } else { format!("a loop of {count} iterations") };
+            Some(
+                Diagnostic::error("circ::shape::loop_too_long", range, msg)
+                    .label(format!("one {one} per value"))
+                    .help(format!("{what} are unrolled at compile time; keep each within {MAX_UNROLL} {one}s")),
+            )
+        } else if outer.saturating_mul(count) > MAX_UNROLL {
+            let mut d = Diagnostic::error(
+                "circ::shape::loop_too_long",
+                range,
+                format!(
+                    "nested loops unroll {} = {} copies of their body",
+                    self.loops.iter().map(|(_, n)| n.to_string()).chain([count.to_string()]).collect::<Vec<_>>().join(" × "),
+                    outer.saturating_mul(count)
+                ),
+            )
+            .label(format!("{count} {one}s"));
+            for (span, n) in self.loops.clone() {
+                d = d.with(span, format!("inside a loop of {n}"));
+            }
+            Some(d.help(format!(
+                "loops and families are unrolled at compile time, and nested ones multiply: together they must stay within {MAX_UNROLL} copies"
+            )))
+        } else {
+            let done = if family { &mut self.item_iterations } else { &mut self.stmt_iterations };
+            *done += count;
+            (*done > MAX_ITERATIONS).then(|| {
+                Diagnostic::error(
+                    "circ::shape::loop_too_long",
+                    range,
+                    format!("the {what} of this program unroll more than {MAX_ITERATIONS} {one}s in all"),
+                )
+                .label("this loop passes the limit")
+                .help(format!("loops and families are unrolled at compile time: at most {MAX_ITERATIONS} iterations in all"))
+            })
+        };
+        if let Some(d) = err {
+            if report {
+                self.err(d);
+            }
+            return None;
+        }
+        Some(if reverse { (lo..=hi).rev().collect() } else { (lo..=hi).collect() })
+    }
+
+    // -----------------------------------------------------------------------------------------
     // Declaration passes
 
     fn declare_pass(&mut self, items: &[Item], env: &Env, pass: u8) {
@@ -615,21 +745,17 @@ impl Resolver<'_> {
                     let (Some(lo), Some(hi)) = (lo, hi) else {
                         continue;
                     };
-                    if hi.saturating_sub(lo) > 100_000 {
-                        if pass == 2 {
-                            let d = Diagnostic::error("circ::shape::loop_too_long", range, format!("a family of {} members", hi - lo + 1))
-                                .label("one member per value")
-                                .help("families are unrolled at compile time; keep them under 100000 members");
-                            self.err(d);
-                        }
+                    // Limits are reported once, in pass 2; later passes skip the same loops.
+                    let Some(values) = self.unroll(lo, hi, *reverse, range, true, pass == 2) else {
                         continue;
-                    }
-                    let range: Vec<i64> = if *reverse { (lo..=hi).rev().collect() } else { (lo..=hi).collect() };
-                    for i in range {
+                    };
+                    self.loops.push((range, values.len() as u64));
+                    for i in values {
                         let mut e2 = env.clone();
                         e2.insert(var.name.clone(), Binding::Int(i));
                         self.declare_pass(items, &e2, pass);
                     }
+                    self.loops.pop();
                 }
                 Item::If { cond, then, els, .. } => {
                     let c = if pass == 2 { self.const_eval(cond, env) } else { self.try_const(cond, env).ok() };
@@ -1127,7 +1253,9 @@ impl Resolver<'_> {
 
     /// Looks up an entity by reference, reporting unknown names, missing or extra indices.
     fn lookup_entity(&mut self, r: &ast::EntityRef, env: &Env, want: Option<EntityKind>) -> Option<(EntityKind, usize)> {
-        let Some(e) = self.entities.get(&r.name.name).cloned() else {
+        // The entity is read in place, never cloned: a family's member map can hold 100000
+        // entries, and every reference to a member comes through here.
+        let Some(e) = self.entities.get(&r.name.name) else {
             let what = match want {
                 Some(EntityKind::Pop) => "population",
                 Some(EntityKind::Path) => "pathway",
@@ -1145,8 +1273,9 @@ impl Resolver<'_> {
             self.err(d);
             return None;
         };
+        let (e_kind, e_single, e_span) = (e.kind, e.single, e.span);
         if let Some(k) = want {
-            if e.kind != k {
+            if e_kind != k {
                 let (is, wanted) = match k {
                     EntityKind::Pop => ("a pathway", "a population"),
                     EntityKind::Path => ("a population", "a pathway"),
@@ -1157,51 +1286,57 @@ impl Resolver<'_> {
                     format!("`{}` is {is}, but {wanted} is expected here", r.name.name),
                 )
                 .label(format!("expected {wanted}"))
-                .with(e.span, "declared here")
+                .with(e_span, "declared here")
                 .help("check the name");
                 self.err(d);
                 return None;
             }
         }
-        match (&r.index, e.single) {
-            (None, Some(id)) => Some((e.kind, id)),
+        let name = r.name.name.as_str();
+        match (&r.index, e_single) {
+            (None, Some(id)) => Some((e_kind, id)),
             (None, None) => {
-                let first = e.members.keys().next().copied().unwrap_or(0);
+                let first = self.members(name).keys().next().copied().unwrap_or(0);
                 let d =
                     Diagnostic::error("circ::name::family_needs_index", r.span, format!("`{}` is a family; say which member", r.name.name))
                         .label("missing index")
-                        .with(e.span, "declared as a family here")
-                        .help(format!("write `{}[{first}]` (members: {})", r.name.name, members_text(&e.members)));
+                        .with(e_span, "declared as a family here")
+                        .help(format!("write `{}[{first}]` (members: {})", r.name.name, members_text(self.members(name))));
                 self.err(d);
                 None
             }
             (Some(i), _) => {
                 let iv = self.const_int(i, env, "a family index")?;
-                if e.single.is_some() {
+                if e_single.is_some() {
                     let d = Diagnostic::error(
                         "circ::name::not_a_family",
                         r.span,
                         format!("`{}` is not a family; it takes no index", r.name.name),
                     )
                     .label("unexpected index")
-                    .with(e.span, "declared here without an index")
+                    .with(e_span, "declared here without an index")
                     .help(format!("write `{}`", r.name.name));
                     self.err(d);
                     return None;
                 }
-                match e.members.get(&iv) {
-                    Some(id) => Some((e.kind, *id)),
+                match self.members(name).get(&iv) {
+                    Some(id) => Some((e_kind, *id)),
                     None => {
                         let d = Diagnostic::error("circ::name::no_member", r.span, format!("`{}` has no member {iv}", r.name.name))
                             .label(format!("index {iv} is not declared"))
-                            .with(e.span, "family declared here")
-                            .help(format!("members are {}", members_text(&e.members)));
+                            .with(e_span, "family declared here")
+                            .help(format!("members are {}", members_text(self.members(name))));
                         self.err(d);
                         None
                     }
                 }
             }
         }
+    }
+
+    /// The members of a declared family (by reference: see `lookup_entity`).
+    fn members(&self, family: &str) -> &BTreeMap<i64, usize> {
+        &self.entities[family].members
     }
 
     fn lookup_pop(&mut self, r: &ast::EntityRef, env: &Env) -> Option<PopId> {
@@ -1215,7 +1350,74 @@ impl Resolver<'_> {
     // -----------------------------------------------------------------------------------------
     // Expressions
 
+    /// Resolves an expression, inlining `fn` calls and the arguments bound to their params.
+    /// Inlining can grow an expression exponentially (a fn that calls another twice, nested),
+    /// so every node built, cloned argument included, is counted against the limits of one
+    /// expression ([`MAX_EXPR_NODES`], [`MAX_EXPR_DEPTH`]) and of the program
+    /// ([`MAX_WORK`]); past one, resolution of the top-level expression stops at once
+    /// and reports it at the outermost `fn` call.
     fn expr(&mut self, e: &ast::Expr, env: &Env, ctx: Ctx) -> Option<Expr> {
+        let root = self.expr_depth == 0;
+        if root {
+            self.expr_nodes = 0;
+            self.inline_site = None;
+            self.stopped = false;
+        }
+        self.expr_depth += 1;
+        let r = if self.grow(1, 1, e.span) { self.expr_node(e, env, ctx) } else { None };
+        self.expr_depth -= 1;
+        if root && self.stopped {
+            if let Some(d) = self.oversized.take() {
+                self.err(d);
+            }
+            return None;
+        }
+        r
+    }
+
+    /// Counts `nodes` more nodes, `depth` levels below the current one, for the expression
+    /// at `span`; false (with the diagnostic kept for the top level) once a limit is passed.
+    fn grow(&mut self, nodes: usize, depth: usize, span: Span) -> bool {
+        if self.stopped {
+            return false;
+        }
+        self.expr_nodes += nodes;
+        self.work += nodes;
+        let (site, what) = match &self.inline_site {
+            Some((call, name)) => (*call, format!("inlining `{name}` here")),
+            None => (span, "this expression".to_string()),
+        };
+        let d = if self.work > MAX_WORK {
+            if self.total_reported {
+                // Reported once; every later expression stops silently.
+                self.stopped = true;
+                return false;
+            }
+            self.total_reported = true;
+            Diagnostic::error(
+                "circ::shape::too_large",
+                site,
+                format!("building this program takes more than {MAX_WORK} terms, after unrolling loops and inlining fns"),
+            )
+            .label("the limit is passed here")
+            .help("loops and families are unrolled, and fns inlined with a copy of an argument at each use of its param, at compile time: unroll fewer copies, or compute shared values once into neuron variables")
+        } else if self.expr_nodes > MAX_EXPR_NODES {
+            Diagnostic::error("circ::shape::too_large", site, format!("{what} makes an expression of more than {MAX_EXPR_NODES} terms"))
+                .label("too large once inlined")
+                .help("fns are inlined at every call, so a fn that calls another twice doubles in size with each level; compute a shared value once into a neuron variable and read that")
+        } else if self.expr_depth + depth > MAX_EXPR_DEPTH {
+            Diagnostic::error("circ::shape::too_large", site, format!("{what} makes an expression nested more than {MAX_EXPR_DEPTH} deep"))
+                .label("too deep once inlined")
+                .help("fns are inlined at every call, and calls nested in their arguments nest their bodies; compute a part into a neuron variable and read that")
+        } else {
+            return true;
+        };
+        self.stopped = true;
+        self.oversized = Some(d);
+        false
+    }
+
+    fn expr_node(&mut self, e: &ast::Expr, env: &Env, ctx: Ctx) -> Option<Expr> {
         let span = e.span;
         let kind = match &e.kind {
             A::Number { value, .. } => ExprKind::Const(*value),
@@ -1255,6 +1457,9 @@ impl Resolver<'_> {
         Some(Expr { kind, span })
     }
 
+    // Not inlined into `expr_node`: expressions nest 4096 deep, and each level's stack frame
+    // would carry these large functions' locals.
+    #[inline(never)]
     fn reference(&mut self, entity: &ast::EntityRef, field: Option<&ast::Ident>, env: &Env, ctx: Ctx, span: Span) -> Option<Expr> {
         let name = entity.name.name.as_str();
         let mk = |kind| Some(Expr { kind, span });
@@ -1293,7 +1498,14 @@ impl Resolver<'_> {
             if let Some(b) = env.get(name) {
                 return match b {
                     Binding::Int(i) => mk(ExprKind::Const(*i as f64)),
-                    Binding::Expr(x) => Some(x.clone()),
+                    Binding::Expr(x) => {
+                        // A param of an inlined fn or rule: its argument is copied at every use.
+                        let (nodes, depth) = size_and_depth(x);
+                        if !self.grow(nodes, depth, span) {
+                            return None;
+                        }
+                        Some(x.clone())
+                    }
                 };
             }
             // Own synapse state in a rule: `w`, `v`.
@@ -1451,6 +1663,7 @@ impl Resolver<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
     fn call(
         &mut self,
         callee: &ast::Ident,
@@ -1533,15 +1746,30 @@ impl Resolver<'_> {
                 return None;
             }
             let mut fenv = Env::new();
+            let before = self.expr_nodes;
             for (p, a) in f.params.iter().zip(args) {
                 let v = self.expr(a, env, ctx)?;
                 fenv.insert(p.name.clone(), Binding::Expr(v));
+            }
+            // The arguments are copied into the body at each use and dropped after it, so they
+            // no longer count towards the size of the expression (only towards the work).
+            let args_nodes = self.expr_nodes.saturating_sub(before);
+            // An inlined call costs about as much as a few nodes (its environment, the labels
+            // kept for diagnostics): counted as work, checked with the body's first node.
+            self.work += 8;
+            let outermost = self.inline_site.is_none();
+            if outermost {
+                self.inline_site = Some((span, name.to_string()));
             }
             self.call_stack.push(name.to_string());
             self.expansions.push(Label { span, text: format!("in this call of `{name}`") });
             let r = self.expr(&f.body, &fenv, ctx);
             self.expansions.pop();
             self.call_stack.pop();
+            self.expr_nodes = self.expr_nodes.saturating_sub(args_nodes);
+            if outermost {
+                self.inline_site = None;
+            }
             // The inlined body stands where the call was written.
             return r.map(|e| Expr { span, ..e });
         }
@@ -1875,18 +2103,20 @@ impl Resolver<'_> {
                     }
                 }
                 S::For { var, reverse, lo, hi, body } => {
+                    let range = lo.span.to(hi.span);
                     let (Some(lo), Some(hi)) = (self.const_int(lo, env, "a loop bound"), self.const_int(hi, env, "a loop bound")) else {
                         continue;
                     };
-                    let range: Vec<i64> = if *reverse { (lo..=hi).rev().collect() } else { (lo..=hi).collect() };
-                    if range.len() > 100_000 {
+                    let Some(values) = self.unroll(lo, hi, *reverse, range, false, true) else {
                         continue;
-                    }
-                    for i in range {
+                    };
+                    self.loops.push((range, values.len() as u64));
+                    for i in values {
                         let mut e2 = env.clone();
                         e2.insert(var.name.clone(), Binding::Int(i));
                         self.neuron_stmts(body, &e2, out);
                     }
+                    self.loops.pop();
                 }
                 S::If { cond, then, els } => {
                     if let Some(c) = self.const_eval(cond, env) {
@@ -2028,18 +2258,20 @@ impl Resolver<'_> {
                     }
                 }
                 S::For { var, reverse, lo, hi, body } => {
+                    let range = lo.span.to(hi.span);
                     let (Some(lo), Some(hi)) = (self.const_int(lo, env, "a loop bound"), self.const_int(hi, env, "a loop bound")) else {
                         continue;
                     };
-                    let range: Vec<i64> = if *reverse { (lo..=hi).rev().collect() } else { (lo..=hi).collect() };
-                    if range.len() > 100_000 {
+                    let Some(values) = self.unroll(lo, hi, *reverse, range, false, true) else {
                         continue;
-                    }
-                    for i in range {
+                    };
+                    self.loops.push((range, values.len() as u64));
+                    for i in values {
                         let mut e2 = env.clone();
                         e2.insert(var.name.clone(), Binding::Int(i));
                         self.syn_stmts(body, &e2, rule_ctx, out);
                     }
+                    self.loops.pop();
                 }
                 S::If { cond, then, els } => {
                     if let Some(c) = self.const_eval(cond, env) {
@@ -2420,6 +2652,18 @@ impl Resolver<'_> {
     }
 }
 
+/// The number of nodes of an expression and its depth (a leaf has depth 1).
+fn size_and_depth(e: &Expr) -> (usize, usize) {
+    let mut stack = vec![(e, 1usize)];
+    let (mut nodes, mut depth) = (0, 0);
+    while let Some((x, d)) = stack.pop() {
+        nodes += 1;
+        depth = depth.max(d);
+        x.for_each_child(&mut |c| stack.push((c, d + 1)));
+    }
+    (nodes, depth)
+}
+
 /// Sets one meta-learning setting, or says what range it needs.
 fn set_meta_key(m: &mut MetaLearning, key: &str, v: f64) -> Result<(), &'static str> {
     let count = |min: f64| if v.fract() == 0.0 && v >= min && v < 1e9 { Ok(v as usize) } else { Err("must be a whole number") };
@@ -2523,4 +2767,97 @@ fn const_binop(op: BinOp, a: Value, b: Value) -> Option<Value> {
             Float(r)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::frontend::load_source;
+
+    fn errors(src: &str) -> Vec<String> {
+        load_source("t.circ", src, &[]).diags.iter().filter(|d| d.is_error()).map(|d| format!("{}: {}", d.code, d.message)).collect()
+    }
+
+    /// Runs `f` on a stack as large as the one `circ` gives the compiler (test threads have
+    /// 2 MB; resolving a 3000-deep expression takes about 3 MB).
+    fn on_a_large_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new().stack_size(256 << 20).spawn(f).expect("a thread").join().expect("no panic")
+    }
+
+    /// A family at the member limit resolves, and the lookups of its members stay cheap (this
+    /// used to be quadratic: 20000 members took 22 s). Untimed: it finishes in well under a
+    /// second when resolution is linear, and would take minutes if it were quadratic again.
+    #[test]
+    fn a_family_of_100000_pathways_resolves() {
+        let src = "input x[2]\nfor i in 1..100000 {\n  pop h[i][2] { a }\n  path W[i]: x -> h[i] init zeros plastic\n}\nphase p {\n  for i in 1..100000 { h[i].a = W[i](x) }\n}\n";
+        let fe = load_source("t.circ", src, &[]);
+        assert!(fe.diags.is_empty(), "{:?}", fe.diags.iter().map(|d| &d.message).collect::<Vec<_>>());
+        let c = fe.circuit.expect("resolved");
+        assert_eq!((c.pops.len(), c.paths.len(), c.phases[0].body.len()), (100_001, 100_000, 100_000));
+    }
+
+    #[test]
+    fn loops_within_the_limits_unroll() {
+        // 100000 iterations in one loop, and 300 x 300 nested (90000 in all), are allowed.
+        let head = "input x[2]\npop h[2] { state a }\npath W: x -> h init zeros plastic\n";
+        assert_eq!(errors(&format!("{head}phase p {{ for i in 1..100000 {{ h.a += W(x) }} }}\n")), Vec::<String>::new());
+        let nested = format!("{head}phase p {{ for i in 1..300 {{ for j in 1..300 {{ h.a += W(x) }} }} }}\n");
+        assert_eq!(errors(&nested), Vec::<String>::new());
+        // An empty range unrolls nothing.
+        assert_eq!(errors(&format!("{head}phase p {{ for i in 5..1 {{ h.a += W(x) }} }}\n")), Vec::<String>::new());
+    }
+
+    #[test]
+    fn loops_past_the_limits_are_errors() {
+        let head = "input x[2]\npop h[2] { state a }\npath W: x -> h init zeros plastic\n";
+        let one = errors(&format!("{head}phase p {{ for i in 1..9007199254740993 {{ h.a += W(x) }} }}\n"));
+        assert!(one.len() == 1 && one[0].starts_with("circ::shape::loop_too_long"), "{one:?}");
+        let nested = errors(&format!("{head}phase p {{ for i in 1..1000 {{ for j in 1..1000 {{ h.a += W(x) }} }} }}\n"));
+        assert_eq!(nested, vec!["circ::shape::loop_too_long: nested loops unroll 1000 × 1000 = 1000000 copies of their body".to_string()]);
+        // Sequential loops, each within the limit, are bounded in all.
+        let many: String = (0..11).map(|_| "for i in 1..100000 { h.a += W(x) }\n").collect();
+        let e = errors(&format!("{head}phase p {{\n{many}}}\n"));
+        assert!(e.len() == 1 && e[0].contains("more than 1000000 iterations in all"), "{e:?}");
+        // A family nested in a family multiplies too.
+        let fam = errors("input x[2]\nfor i in 1..1000 {\n  for j in 1..1000 {\n    pop h[i * 1000 + j][2] { a }\n  }\n}\n");
+        assert!(fam.len() == 1 && fam[0].contains("1000 × 1000"), "{fam:?}");
+    }
+
+    #[test]
+    fn inlining_is_bounded_in_size_and_depth() {
+        let head = "input x[2]\npop h[2] { a }\npath W: x -> h init zeros plastic\n";
+        // Doubling at every level: 2^30 terms, refused at once at the call.
+        let mut fns = String::from("fn f0(a) = a\n");
+        for i in 1..=30 {
+            fns += &format!("fn f{i}(a) = f{}(a) + f{}(a)\n", i - 1, i - 1);
+        }
+        let e = errors(&format!("{head}{fns}phase p {{ h.a = f30(W(x)) }}\n"));
+        assert_eq!(e, vec!["circ::shape::too_large: inlining `f30` here makes an expression of more than 100000 terms".to_string()]);
+        // Calls nested in arguments nest the bodies: two of a 3000-deep body pass the limit.
+        let ones = " + 1".repeat(3000);
+        let fns = format!("fn g0(a) = a{ones}\nfn g1(a) = g0(g0(a))\n");
+        let e = on_a_large_stack(move || errors(&format!("{head}{fns}phase p {{ h.a = g1(W(x)) }}\n")));
+        assert_eq!(e, vec!["circ::shape::too_large: inlining `g1` here makes an expression nested more than 4608 deep".to_string()]);
+        // A param used many times copies its argument each time: counted the same way.
+        let mut fns = String::from("fn k0(a) = a\n");
+        for i in 1..=20 {
+            fns += &format!("fn k{i}(a) = k{}(a * a * a)\n", i - 1);
+        }
+        let e = errors(&format!("{head}{fns}phase p {{ h.a = k20(W(x)) }}\n"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("circ::shape::too_large"), "{e:?}");
+        // Arguments a fn never uses are built and dropped: small results, exponential work.
+        let mut fns = String::from("fn z(a, b) = b\nfn d0(a) = a\n");
+        for i in 1..=40 {
+            fns += &format!("fn d{i}(a) = z(d{}(a) + d{}(a), a)\n", i - 1, i - 1);
+        }
+        let e = errors(&format!("{head}{fns}phase p {{ h.a = d40(W(x)) }}\n"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("circ::shape::too_large: building this program takes more than"), "{e:?}");
+        // A deep chain whose result stays small is fine.
+        let mut fns = String::from("fn s0(a) = a + 1\n");
+        for i in 1..=3 {
+            fns += &format!("fn s{i}(a) = s{}(s{}(s{}(s{}(s{}(a)))))\n", i - 1, i - 1, i - 1, i - 1, i - 1);
+        }
+        assert_eq!(errors(&format!("{head}{fns}phase p {{ h.a = s3(W(x)) }}\n")), Vec::<String>::new());
+    }
 }

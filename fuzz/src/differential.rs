@@ -41,7 +41,7 @@ pub fn stats() -> String {
 
 pub fn run_bytes(data: &[u8]) {
     let n = INPUTS.fetch_add(1, Relaxed) + 1;
-    if n % 10_000 == 0 {
+    if n.is_multiple_of(10_000) {
         eprintln!("{}", stats());
     }
     let g = gen::generate(data);

@@ -171,8 +171,8 @@ impl Ctx {
                     let w = &self.paths[*s.pick(&ins)];
                     let q = w.pre;
                     // The argument always reads the sending population: a constant or scalar
-                    // argument (`W(0.25)`) is a known lowering bug (tests/ui-pending,
-                    // lower_transmit_scalar), left to the front-end targets.
+                    // argument (`W(0.25)`) is a shape error (tests/ui/lower_transmit_scalar; it
+                    // was a lowering bug this target found), so it would not reach the engines.
                     let arg = if self.pops[q].out.is_some_and(|o| self.written[q][o]) && s.chance(1, 2) {
                         self.pops[q].name.clone()
                     } else {

@@ -492,15 +492,10 @@ impl Lowerer<'_> {
                 Some(c.pops[if *transpose { p.pre } else { p.post }].size)
             }
             ExprKind::Reduce { .. } | ExprKind::CrossEntropy { .. } => None,
-            _ => {
-                let mut n = None;
-                e.for_each_child(&mut |ch| {
-                    if n.is_none() {
-                        n = self.pop_size_of(ch);
-                    }
-                });
-                n
-            }
+            ExprKind::Unary { arg, .. } | ExprKind::Softmax(arg) | ExprKind::BatchMean(arg) => self.pop_size_of(arg),
+            ExprKind::Binary { lhs, rhs, .. } => self.pop_size_of(lhs).or_else(|| self.pop_size_of(rhs)),
+            ExprKind::Call { args, .. } => args.iter().find_map(|a| self.pop_size_of(a)),
+            _ => None,
         }
     }
 

@@ -42,12 +42,21 @@ pub fn fmt(files: &[PathBuf], check: bool) -> i32 {
             outln!("{}: would reformat", f.display());
             out!("{}", diff(&text, &out));
             code = 1;
-        } else if let Err(e) = circ_runtime::atomic::write_atomic(f, out.as_bytes()) {
+        } else if let Err(e) = rewrite(f, &out) {
             eprintln!("error: cannot write {}: {e}", f.display());
             code = 1;
         }
     }
     code
+}
+
+/// Replaces the file's contents atomically. A symbolic link stays a link (its target is
+/// rewritten) and the file keeps its permissions.
+fn rewrite(f: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let target = std::fs::canonicalize(f)?;
+    let perms = std::fs::metadata(&target)?.permissions();
+    circ_runtime::atomic::write_atomic(&target, text.as_bytes())?;
+    std::fs::set_permissions(&target, perms)
 }
 
 fn stdin(check: bool) -> i32 {

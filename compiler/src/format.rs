@@ -10,30 +10,35 @@
 //! - Every comment (`// ...` and `/* ... */`) is kept, in order, with its text (trailing
 //!   whitespace removed).
 //! - Idempotent: `format(format(x)) == format(x)` (tested on the whole corpus).
-//! - Never panics, and neither recursion nor output size grows worse than the AST's.
+//! - Never panics. Expressions are printed with an explicit stack (operator chains may be
+//!   thousands deep); the AST comparison uses `Debug`, which recurses as deep as the AST.
 //!
 //! Approach: print the AST, and put the comments back by byte position. The AST keeps every
 //! bit of meaning and a span on every node, so printing it is a total, obvious function whose
-//! result is checked by a structural comparison; pest's tree would keep the tokens, but not
-//! the punctuation (`=`, `->`, `{`) nor the comments, which are implicit, so a tree printer
-//! would have to re-lex the gaps anyway. Comments are found by a small scan that skips
-//! strings and are emitted in source order, interleaved with the nodes (items, statements,
+//! result can be checked by a structural comparison. pest's tree would keep the tokens, but
+//! neither the punctuation (`=`, `->`, `{`) nor the comments (implicit rules), so a tree
+//! printer would have to re-lex the gaps anyway. Comments are found by a small scan that skips
+//! strings, and are emitted in source order, interleaved with the nodes (items, statements,
 //! declarations, experiment entries, closing braces):
 //! - a comment alone on its line stays on its own line, before the next node;
-//! - a comment after code on its line trails the output line printed last, at its original
-//!   column relative to the line's indentation when that is right of the code (so hand-aligned
-//!   comments stay aligned), else two spaces after the code;
+//! - a comment after code on its line trails the output line printed last: at its original
+//!   column (relative to the indentation) if it was written after that line's code and the
+//!   column is right of the code, so hand-aligned comments stay aligned; else two spaces after
+//!   the code;
 //! - a comment inside a node printed on one line (inside an expression, say) moves to its
-//!   own line before that node.
+//!   own line before that node; one inside a block's header trails the header.
 //!
-//! The few layout choices the AST cannot express come from the source text: a blank line
-//! between two nodes is kept (runs collapse to one), redundant parentheses stay as written,
-//! and a block written on one line stays on one line when it is short by construction (a
-//! population's variables, a pathway's synapse state, an experiment, a `when`/`if`/`for` with
-//! a single simple statement and no comment). Everything else is canonical: 2-space indent,
-//! one statement per line, spaces around binary operators (none inside `[...]` and range
-//! bounds: `h[l-1]`, `1..depth-1`), a space after commas, `{` on the line of its header,
-//! no `;`, `&&`/`||`/`!`/`^T` for `and`/`or`/`not`/`ᵀ`, no trailing whitespace, one final
+//! The layout choices the AST cannot express come from the source text, and are kept: a blank
+//! line between two nodes (runs collapse to one); redundant parentheses; a line break inside an
+//! expression, before a binary operator or after a call's comma (continuation lines get 4 more
+//! spaces); the padding of hand-aligned declarations (`input  x[2]`, `pop    h[n]`,
+//! `path B:  o -> h`, `W.w  += ...`), and only there; a block written on one line, where it is
+//! short by construction (a population's variables, a pathway's synapse state, an experiment,
+//! a `when`/`if`/`for` with one simple statement per branch, no comment); an `else` block
+//! holding only comments. Everything else is canonical: 2-space indentation, one statement per
+//! line, spaces around binary operators (none around arithmetic inside `[...]` and range
+//! bounds: `h[l-1]`, `1..depth-1`), a space after commas, `{` on the line of its header, no
+//! `;`, `&&`/`||`/`!`/`^T` for `and`/`or`/`not`/`ᵀ`, no trailing whitespace, one final
 //! newline. Long lines are not wrapped.
 
 use crate::ast::*;

@@ -188,6 +188,8 @@ struct Line {
     comment: bool,
     /// The source position of the line's first token.
     src: usize,
+    /// Comments inside the line's code moved before it: its layout is not the source's.
+    hoisted: bool,
 }
 
 struct Printer<'a> {
@@ -229,7 +231,16 @@ impl<'a> Printer<'a> {
                 self.lines.push(Line { depth: self.depth, ..Line::default() });
             }
         }
-        self.lines.push(Line { depth: self.depth, code, trail: Vec::new(), opens, closed: false, comment: false, src: pos });
+        self.lines.push(Line {
+            depth: self.depth,
+            code,
+            trail: Vec::new(),
+            opens,
+            closed: false,
+            comment: false,
+            src: pos,
+            hoisted: false,
+        });
     }
 
     fn comment_line(&mut self, c: Comment) {
@@ -255,7 +266,8 @@ impl<'a> Printer<'a> {
                     let line_start = src[..l.src.min(c.lo)].rfind('\n').map_or(0, |n| n + 1);
                     let same = !src[l.src.min(c.lo)..c.lo].contains('\n')
                         && src[line_start..l.src.min(c.lo)].trim().is_empty()
-                        && !l.code.contains('\n');
+                        && !l.code.contains('\n')
+                        && !l.hoisted;
                     l.trail.push((c.text, if same { c.rel_col } else { 0 }));
                     l.closed = c.line;
                     self.last = c.hi;
@@ -279,11 +291,16 @@ impl<'a> Printer<'a> {
     fn leaf(&mut self, span: Span, code: String) {
         let (lo, hi) = (span.lo as usize, span.hi as usize);
         self.comments_before(lo);
+        let mut hoisted = false;
         while let Some(c) = self.comments.get(self.next).filter(|c| c.lo < hi).cloned() {
             self.next += 1;
             self.comment_line(c);
+            hoisted = true;
         }
         self.push(lo, code, false);
+        if let Some(l) = self.lines.last_mut() {
+            l.hoisted = hoisted;
+        }
         self.last = self.last.max(hi);
     }
 
@@ -309,7 +326,16 @@ impl<'a> Printer<'a> {
             }
             _ => {
                 let src = self.brace_after(self.last.min(end));
-                self.lines.push(Line { depth: self.depth, code, trail: Vec::new(), opens, closed: false, comment: false, src })
+                self.lines.push(Line {
+                    depth: self.depth,
+                    code,
+                    trail: Vec::new(),
+                    opens,
+                    closed: false,
+                    comment: false,
+                    src,
+                    hoisted: false,
+                })
             }
         }
         self.last = self.last.max(end);

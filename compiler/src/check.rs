@@ -7,8 +7,9 @@
 //!
 //! Rules enforced here: operands of one expression live in compatible spaces (same population
 //! or broadcast scalars; in a rule, `pre`/`post`/synapse combine into the synapse space);
-//! a transmission's argument lives on the pathway's sending population; a per-step variable
-//! is written before it is read within a step (`state` variables carry over), on every path
+//! a transmission's argument lives on the pathway's sending population, also in a rule (it is
+//! computed there, so a rule may read what any pathway brings to its pre or post); a per-step
+//! variable is written before it is read within a step (`state` variables carry over), on every path
 //! through the step: a write under a `when` counts only where both branches write; an ODE
 //! integrates from the last step, so its variable is `state`; rules change only plastic
 //! pathways; monitor-only functions appear only in monitors; a rule reads the label only
@@ -146,14 +147,16 @@ pub fn space_of(c: &Circuit, e: &Expr, ctx: Ctx) -> Result<Space, Diagnostic> {
         ExprKind::Transmit { path, transpose, arg } => {
             let p = &c.paths[*path];
             let (sender, receiver) = if *transpose { (p.post, p.pre) } else { (p.pre, p.post) };
-            let a = space_of(c, arg, ctx)?;
+            // The argument is computed at the sending neurons, also in a rule: a rule may read
+            // what arrives at its pre or post through any declared pathway (DESIGN.md §3: the
+            // value is physically there), e.g. the heterosynaptic rule's `V(b)` arriving at
+            // post from a population that is neither the rule's pre nor its post.
+            let actx = if let Ctx::Synapse(_) = ctx { Ctx::Neuron } else { ctx };
+            let a = space_of(c, arg, actx)?;
             // A scalar (a constant, a signal) has no sending neurons: lowering would have no
             // vector to multiply by the weights.
-            let arg_pop = match (a.idx, ctx) {
-                (Idx::Scalar, _) => None,
-                (Idx::Neuron(q), _) => Some(q),
-                (Idx::Pre, Ctx::Synapse(q)) => Some(c.paths[q].pre),
-                (Idx::Post, Ctx::Synapse(q)) => Some(c.paths[q].post),
+            let arg_pop = match a.idx {
+                Idx::Neuron(q) => Some(q),
                 _ => None,
             };
             if arg_pop != Some(sender) {
@@ -166,7 +169,7 @@ pub fn space_of(c: &Circuit, e: &Expr, ctx: Ctx) -> Result<Space, Diagnostic> {
                             s = c.pops[sender].name
                         ),
                     ),
-                    _ => (format!("lives on {}", describe(c, a.idx, ctx)), String::new()),
+                    _ => (format!("lives on {}", describe(c, a.idx, actx)), String::new()),
                 };
                 return Err(Diagnostic::error(
                     "circ::shape::transmit_source",
@@ -349,7 +352,7 @@ fn unreachable_var(c: &Circuit, pop: PopId, var: VarId, q: PathId, span: Span) -
     )
     .label("not reachable from this synapse")
     .with(p.name_span, "the pathway this rule updates")
-    .help("a synapse rule reads its own state, `pre.*`, `post.*`, scalars, and signals arriving at its post neuron")
+    .help("a synapse rule reads its own state, `pre.*`, `post.*`, scalars, and what arrives at its pre or post neurons through a pathway, e.g. `V(z)`")
 }
 
 /// The call written in a statement that inlined the `fn` body containing the expression at

@@ -411,6 +411,8 @@ fn syn_tier(c: &Circuit, e: &Expr, pid: PathId) -> Verdict {
         }
         ExprKind::Transmit { path, transpose, arg } => {
             let p = &c.paths[*path];
+            // The sender computes the argument: it is judged there, as in a neuron equation.
+            let sender = if *transpose { p.post } else { p.pre };
             let v = if *transpose && *path == pid {
                 Verdict::new(Tier::Projection, format!("back-projection through its own synapses (`{}^T`)", p.name), e.span)
             } else if *transpose {
@@ -422,9 +424,12 @@ fn syn_tier(c: &Circuit, e: &Expr, pid: PathId) -> Verdict {
                 v.related.push(Label { span: p.name_span, text: format!("`{}` declared here", p.name) });
                 v
             } else {
-                Verdict::new(Tier::Neuron, format!("current arriving through `{}`", p.name), e.span)
+                // A current arriving at the rule's pre or post through any declared pathway
+                // (the heterosynaptic rule's `V(b)`) is there: neuron tier, as for the neuron
+                // it arrives at (a label sent elsewhere than its root stays non-local).
+                return neuron_tier(c, e, Some(p.post));
             };
-            v.join(syn_tier(c, arg, pid))
+            v.join(neuron_tier(c, arg, Some(sender)))
         }
         ExprKind::Reduce { axis, arg, .. } => {
             let inner = syn_tier(c, arg, pid);

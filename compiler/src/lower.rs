@@ -362,7 +362,9 @@ impl Lowerer<'_> {
     /// The buffer transmission through a pathway reads (lazily: a derived view pathway of the
     /// tangent pass has an effective weight and no state at all).
     fn weight_buf(&self, pid: PathId) -> BufId {
-        self.eff_buf.get(&pid).copied().unwrap_or_else(|| self.syn_buf[&(pid, 0)])
+        // In a plasticity block, weights another pathway's rule writes are read from the
+        // snapshot taken before the block (two-phase commit).
+        self.eff_buf.get(&pid).or_else(|| self.snapshot.get(&(pid, 0))).copied().unwrap_or_else(|| self.syn_buf[&(pid, 0)])
     }
 
     fn target_buf(&self, t: Target) -> BufId {
@@ -687,6 +689,13 @@ impl Lowerer<'_> {
                                 reads.push((path, var));
                             }
                         }
+                        // A transmission through another pathway's raw weights (`V(z)`) reads
+                        // them too (effective weights are only recomputed after the block).
+                        if let ExprKind::Transmit { path, .. } = x.kind {
+                            if path != b.path && !self.eff_buf.contains_key(&path) && written.contains(&(path, 0)) {
+                                reads.push((path, 0));
+                            }
+                        }
                     })
                 });
                 for key in reads {
@@ -939,7 +948,10 @@ impl Lowerer<'_> {
                 KExpr::Load(self.var_buf[&(*pop, *var)], acc)
             }
             ExprKind::Syn { path, var, transposed } => {
-                let b = self.snapshot.get(&(*path, *var)).copied().unwrap_or(self.syn_buf[&(*path, *var)]);
+                // Another pathway's state as it was before the block; the pathway's own state
+                // as its earlier statements left it.
+                let snap = if *path == pid { None } else { self.snapshot.get(&(*path, *var)) };
+                let b = snap.copied().unwrap_or(self.syn_buf[&(*path, *var)]);
                 KExpr::Load(b, if *transposed { Access::Trans } else { Access::Elem })
             }
             ExprKind::Signal(s) => KExpr::Load(self.sig_buf[*s], Access::Sample),

@@ -544,6 +544,11 @@ def write_doc(results, meta):
          "`--limit 1`. Accuracy: test accuracy after training; peers must agree with circ within 0.5 points "
          "(they share circ's architecture, init law, optimiser, batch mean and sample order, but not its random "
          "initial weights).", ""]
+    if meta.get("merged"):
+        mg = meta["merged"]
+        L += [f"Merged run: workloads {', '.join(mg['workloads'])} come from the previous run `{mg['command']}` on "
+              f"{mg['date']} (load average {mg['load_start']} at its start, {mg['load_end']} at its end); the rest were "
+              "re-run as above. Ratios are always between programs of the same run.", ""]
     if meta.get("quick"):
         L += ["**Quick smoke run** (`--quick`): few samples, not a measurement.", ""]
     L += ["## Targets (issue 8, item 3)", "", "| target | goal | measured | met |", "|---|---|---|---|"]
@@ -632,6 +637,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="a,b,c,d,e,f,scaling", help="comma-separated: a,b,c,d,e,f,scaling")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the workloads not re-run from the previous bench/out/results.json (the doc says which)")
     ap.add_argument("--data-dir", default=os.environ.get("CIRC_MNIST_DIR"))
     ap.add_argument("--limit", type=int, default=None, help="train on the first N samples (smoke runs)")
     ap.add_argument("--peer-threads", type=int, default=1)
@@ -705,6 +712,14 @@ def main():
         attempt("f", lambda: workload_f(args, log))
     if "scaling" in only:
         attempt("scaling", lambda: scaling(args, log))
+    merged, prev = [], {}
+    if args.merge and (OUT / "results.json").exists():
+        # Keep the other workloads of the previous run (re-running only some of them).
+        prev = json.loads((OUT / "results.json").read_text())
+        for k, v in prev.items():
+            if k not in results and k not in ("targets", "failures", "profiles", "meta"):
+                results[k] = v
+                merged.append(k)
     results["targets"] = targets(results)
     results["failures"] = failures
     if args.profile:
@@ -736,6 +751,12 @@ def main():
         "versions": ", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
         "torch_source": torch_src.read_text().strip() if torch_src.exists() else "as installed",
     }
+    if merged:
+        pm = prev.get("meta", {})
+        meta["merged"] = {"workloads": merged, "date": pm.get("date"), "command": pm.get("command"),
+                          "load_start": pm.get("load_start"), "load_end": pm.get("load_end")}
+        if "profiles" not in results and "profiles" in prev:
+            results["profiles"] = prev["profiles"]
     results["meta"] = meta
     (OUT / "results.json").write_text(json.dumps(results, indent=1))
     if not args.no_doc:

@@ -33,7 +33,7 @@ pub fn run(a: RunArgs) -> i32 {
         }
     };
     if a.no_shuffle {
-        ov.push(circ_compiler::resolve::Override { name: "shuffle".into(), value: circ_compiler::hir::Value::Int(0) });
+        ov.push(circ_compiler::resolve::Override { name: "shuffle".into(), value: circ_compiler::hir::Value::Int(0).into() });
     }
     let t0 = Instant::now();
     let fe = match frontend::load_file(&a.file, &ov) {

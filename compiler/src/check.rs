@@ -35,7 +35,7 @@ pub enum Ctx {
 
 /// Checks a circuit; returns every diagnostic.
 pub fn check(c: &Circuit) -> Vec<Diagnostic> {
-    let mut ck = Checker { c, diags: Vec::new(), last_write: HashMap::new() };
+    let mut ck = Checker { c, diags: Vec::new(), last_write: HashMap::new(), guard: None };
     ck.run();
     ck.diags
 }
@@ -45,6 +45,9 @@ struct Checker<'a> {
     diags: Vec<Diagnostic>,
     /// The statement that last wrote each target (to point at a write under a `when`).
     last_write: HashMap<Target, Span>,
+    /// The outermost per-neuron `when` condition around the statement being checked: its
+    /// population and span.
+    guard: Option<(PopId, Span)>,
 }
 
 /// What a step has written so far.
@@ -549,6 +552,9 @@ impl Checker<'_> {
         let c = self.c;
         match &s.kind {
             StmtKind::Assign { target, value, .. } | StmtKind::Ode { target, value, .. } => {
+                if let Some((q, cond)) = self.guard {
+                    self.guarded_target(*target, q, cond, s);
+                }
                 let fresh = !written.all.contains(target) && !is_state(c, *target);
                 let ode = matches!(s.kind, StmtKind::Ode { .. });
                 if ode && fresh {
@@ -603,26 +609,11 @@ impl Checker<'_> {
                         None
                     }
                 };
-                for inner in then.iter().chain(els) {
-                    if let (
-                        Some(cs),
-                        StmtKind::Assign { target: Target::Var { pop, .. }, .. } | StmtKind::Ode { target: Target::Var { pop, .. }, .. },
-                    ) = (cs, &inner.kind)
-                    {
-                        if let Idx::Neuron(q) = cs.idx {
-                            if c.pops[q].size != c.pops[*pop].size {
-                                let d = Diagnostic::error(
-                                    "circ::shape::when_target",
-                                    inner.span,
-                                    format!("this `when` tests `{}` but assigns `{}`", c.pops[q].name, c.pops[*pop].name),
-                                )
-                                .label("another population")
-                                .with(cond.span, "condition per neuron of this population")
-                                .help("a per-neuron condition can only guard assignments to the same population");
-                                self.push(d, inner, None);
-                            }
-                        }
-                    }
+                // Statements under a per-neuron condition (here or in an enclosing `when`) run
+                // for some neurons of its population only.
+                let outer = self.guard;
+                if let (None, Some(Space { idx: Idx::Neuron(q), .. })) = (outer, cs) {
+                    self.guard = Some((q, cond.span));
                 }
                 // Each branch runs for some neurons: what both write is written for all of
                 // them; what only one writes is written for some.
@@ -634,6 +625,7 @@ impl Checker<'_> {
                 for inner in els {
                     self.neuron_stmt(inner, &mut w_els);
                 }
+                self.guard = outer;
                 for t in w_then.all.iter().chain(&w_els.all) {
                     if written.all.contains(t) {
                         continue;
@@ -651,6 +643,41 @@ impl Checker<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// Checks an assignment under a `when` whose condition is per neuron of population `q`:
+    /// only variables of a population of that size can be assigned neuron by neuron.
+    fn guarded_target(&mut self, target: Target, q: PopId, cond: Span, s: &Stmt) {
+        let c = self.c;
+        match target {
+            Target::Var { pop, .. } if c.pops[q].size != c.pops[pop].size => {
+                let d = Diagnostic::error(
+                    "circ::shape::when_target",
+                    s.span,
+                    format!("this `when` tests `{}` but assigns `{}`", c.pops[q].name, c.pops[pop].name),
+                )
+                .label("another population")
+                .with(cond, "condition per neuron of this population")
+                .help("a per-neuron condition can only guard assignments to the same population");
+                self.push(d, s, None);
+            }
+            Target::Signal(sid) => {
+                let name = &c.signals[sid].name;
+                let d = Diagnostic::error(
+                    "circ::shape::signal_under_when",
+                    s.span,
+                    format!("signal `{name}` is one number per sample, but this `when` tests each neuron of `{}`", c.pops[q].name),
+                )
+                .label("would be assigned for some neurons only")
+                .with(cond, format!("one condition per neuron of `{}`", c.pops[q].name))
+                .help(format!(
+                    "test one number per sample instead, e.g. `when max(...) > 0 {{ {name} = ... }}`, or assign `{name}` a reduction over `{}`",
+                    c.pops[q].name
+                ));
+                self.push(d, s, None);
+            }
+            _ => {}
         }
     }
 

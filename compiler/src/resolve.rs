@@ -48,25 +48,53 @@ impl std::fmt::Display for ImportError {
 #[derive(Clone, Debug)]
 pub struct Override {
     pub name: String,
-    pub value: Value,
+    pub value: OverrideValue,
 }
 
-/// Parses the VALUE of `--set NAME=VALUE`: an integer, a float or a bool.
+/// The VALUE of `--set NAME=VALUE`: a number or bool (params, counts), or a name (the
+/// experiment's `data`, `loss`, `readout`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum OverrideValue {
+    Value(Value),
+    Name(String),
+}
+
+impl From<Value> for OverrideValue {
+    fn from(v: Value) -> Self {
+        OverrideValue::Value(v)
+    }
+}
+
+impl std::fmt::Display for OverrideValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OverrideValue::Value(v) => write!(f, "{v}"),
+            OverrideValue::Name(n) => write!(f, "`{n}`"),
+        }
+    }
+}
+
+/// Parses `--set NAME=VALUE`: VALUE is an integer, a float, a bool, or a name (letters,
+/// digits, `_`, `.`, `-`, `/`, starting with a letter or `_`: `xor`, `o.a`, `mnist`).
 pub fn parse_override(text: &str) -> Result<Override, String> {
     let (name, value) = text.split_once('=').ok_or_else(|| format!("`{text}` is not NAME=VALUE"))?;
     let name = name.trim().to_string();
     let v = value.trim();
     let value = if let Ok(i) = v.parse::<i64>() {
-        Value::Int(i)
+        Value::Int(i).into()
     } else if let Ok(f) = v.parse::<f64>() {
         if !f.is_finite() {
             return Err(format!("`{v}` is not a finite number"));
         }
-        Value::Float(f)
+        Value::Float(f).into()
     } else if v == "true" || v == "false" {
-        Value::Bool(v == "true")
+        Value::Bool(v == "true").into()
+    } else if v.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c))
+    {
+        OverrideValue::Name(v.to_string())
     } else {
-        return Err(format!("`{v}` is not a number or a bool"));
+        return Err(format!("`{v}` is not a number, a bool or a name"));
     };
     Ok(Override { name, value })
 }
@@ -92,6 +120,11 @@ pub const EXPERIMENT_KEYS: &[&str] = &[
     "meta_l1",
     "eval_episodes",
 ];
+
+/// Columns of the metrics files that the run itself writes (runtime/src/driver.rs,
+/// episodes.rs; `seed` names the run): no monitor may take one of these names.
+const RESERVED_COLUMNS: &[&str] =
+    &["step", "epoch", "seed", "train_loss", "train_acc", "test_loss", "test_acc", "train_seconds", "meta_loss", "meta_acc"];
 
 /// The experiment settings of meta-learning runs.
 const META_KEYS: &[&str] = &["episodes", "ways", "shots", "queries", "meta_lr", "meta_l1", "eval_episodes"];
@@ -477,10 +510,24 @@ impl Resolver<'_> {
         let default = self.const_eval(value, &env);
         let mut overridden = false;
         let mut v = default.unwrap_or(Value::Float(0.0));
-        if let Some(o) = self.overrides.iter().find(|o| o.name == name.name) {
-            v = o.value;
-            overridden = true;
+        if let Some(o) = self.overrides.iter().find(|o| o.name == name.name).cloned() {
             self.used_overrides.insert(name.name.clone());
+            match o.value {
+                OverrideValue::Value(x) => {
+                    v = x;
+                    overridden = true;
+                }
+                OverrideValue::Name(n) => {
+                    let d = Diagnostic::error(
+                        "circ::cli::bad_value",
+                        name.span,
+                        format!("`--set {}={n}`: param `{}` takes a number or a bool, not a name", name.name, name.name),
+                    )
+                    .label("the param the override sets")
+                    .help(format!("give a value like its default: `--set {}={}`", name.name, v));
+                    self.err(d);
+                }
+            }
         }
         if let Some(ty) = ty {
             v = match (ty.name.as_str(), v) {
@@ -662,13 +709,45 @@ impl Resolver<'_> {
         match n {
             Value::Int(i) if i > 0 && i <= 1 << 31 => Some(i as usize),
             _ => {
+                let from_cli: Vec<String> = self
+                    .overridden_params_in(e)
+                    .iter()
+                    .map(|p| format!("`{}` is {} from `--set {}={}`", p.name, p.value, p.name, p.value))
+                    .collect();
+                let help = if from_cli.is_empty() {
+                    "a size is a whole number from 1 to 2^31 (2147483648); check the number or the params it is computed from".to_string()
+                } else {
+                    format!("{}; a size is a whole number from 1 to 2^31 (2147483648)", from_cli.join(", "))
+                };
                 let d = Diagnostic::error("circ::shape::bad_size", e.span, format!("size {n} is out of range"))
                     .label("sizes must be between 1 and 2^31")
-                    .help("a size is a whole number from 1 to 2^31 (2147483648); check the number or the params it is computed from");
+                    .help(help);
                 self.err(d);
                 None
             }
         }
+    }
+
+    /// The params read by a constant expression whose value came from `--set`.
+    fn overridden_params_in(&self, e: &ast::Expr) -> Vec<Param> {
+        let mut out: Vec<Param> = Vec::new();
+        let mut stack = vec![e];
+        while let Some(x) = stack.pop() {
+            match &x.kind {
+                A::Ref { entity, field: None } if entity.index.is_none() => {
+                    if let Some(p) = self.params.iter().find(|p| p.overridden && p.name == entity.name.name) {
+                        if !out.iter().any(|q| q.name == p.name) {
+                            out.push(p.clone());
+                        }
+                    }
+                }
+                A::Unary { expr, .. } => stack.push(expr),
+                A::Binary { lhs, rhs, .. } => stack.extend([&**lhs, &**rhs]),
+                A::Call { args, .. } => stack.extend(args.iter()),
+                _ => {}
+            }
+        }
+        out
     }
 
     // -----------------------------------------------------------------------------------------
@@ -846,6 +925,9 @@ impl Resolver<'_> {
                 Item::Phase(ph) if pass == 4 => self.phase(ph, env),
                 Item::Plasticity(pl) if pass == 4 => self.plasticity_block(pl, env),
                 Item::Monitor { name, expr, span } if pass == 4 => {
+                    if !self.monitor_name_ok(name) {
+                        continue;
+                    }
                     if let Some(e) = self.expr(expr, env, Ctx::Monitor) {
                         self.monitors.push(Monitor { name: name.name.clone(), expr: e, span: *span });
                     }
@@ -854,6 +936,33 @@ impl Resolver<'_> {
                 _ => {}
             }
         }
+    }
+
+    /// A monitor's name becomes a column of the metrics files: it must not be one the run
+    /// writes itself, a meta-param (meta-learning runs record those by name) or another monitor.
+    fn monitor_name_ok(&mut self, name: &ast::Ident) -> bool {
+        let n = name.name.as_str();
+        if RESERVED_COLUMNS.contains(&n) || self.metas.iter().any(|m| m.name == n) {
+            let what =
+                if RESERVED_COLUMNS.contains(&n) { "reserved for the run's own records" } else { "a meta-param, recorded by that name" };
+            let d = Diagnostic::error("circ::name::reserved_monitor", name.span, format!("a monitor cannot be named `{n}`"))
+                .label(format!("`{n}` is {what}"))
+                .help(format!(
+                    "rename the monitor (e.g. `{n}_value`): monitors become columns of the metrics files, beside the run's own ({})",
+                    RESERVED_COLUMNS.join(", ")
+                ));
+            self.err(d);
+            return false;
+        }
+        if let Some(prev) = self.monitors.iter().find(|m| m.name == n) {
+            let d = Diagnostic::error("circ::name::duplicate", name.span, format!("monitor `{n}` is declared twice"))
+                .label("second declaration")
+                .with(prev.span, "first declaration")
+                .help("each monitor is a column of the metrics files: give each its own name");
+            self.err(d);
+            return false;
+        }
+        true
     }
 
     /// Reports a clash between a new global name and an existing one.
@@ -943,9 +1052,9 @@ impl Resolver<'_> {
             },
             None => None,
         };
-        let Some(size) = self.size(&head.size, env) else {
-            return;
-        };
+        // A size that is out of range is reported, and the population declared anyway (with
+        // one neuron) so that its every use does not report an unknown name as well.
+        let size = self.size(&head.size, env).unwrap_or(1);
         let id = self.pops.len();
         if !self.register(EntityKind::Pop, &head.name, index, id) {
             return;
@@ -2386,6 +2495,37 @@ impl Resolver<'_> {
                 self.err(d);
                 None
             }
+            None if lv.field.is_none() && lv.entity.index.is_none() && self.signals.iter().any(|s| s.name == *name) => {
+                let decl = self.signals.iter().find(|s| s.name == *name).map(|s| s.span).unwrap_or(lv.span);
+                let d = Diagnostic::error(
+                    "circ::check::signal_in_plasticity",
+                    lv.span,
+                    format!("signal `{name}` is assigned in a plasticity block"),
+                )
+                .label("plasticity changes synapse state only")
+                .with(decl, "declared as a signal here")
+                .help(format!("compute `{name}` in a `phase`; rules can then read it"));
+                self.err(d);
+                None
+            }
+            None if lv.field.is_none() && lv.entity.index.is_none() && (self.find_param(name).is_some() || env.contains_key(name)) => {
+                let d = Diagnostic::error("circ::check::assign_const", lv.span, format!("`{name}` is a constant and cannot be assigned"))
+                    .label("a param or loop index")
+                    .help("plasticity blocks change synapse state, e.g. `W.w += ...`");
+                self.err(d);
+                None
+            }
+            None if lv.field.is_none() && lv.entity.index.is_none() && self.metas.iter().any(|m| m.name == *name) => {
+                let d = Diagnostic::error(
+                    "circ::check::assign_meta",
+                    lv.span,
+                    format!("`{name}` is a meta-param; only the outer loop changes it"),
+                )
+                .label("meta-param")
+                .help("plasticity blocks change synapse state, e.g. `W.w += ...`");
+                self.err(d);
+                None
+            }
             None => {
                 let mut cands = self.entity_candidates(Some(EntityKind::Path));
                 cands.extend(self.signals.iter().map(|s| s.name.clone()));
@@ -2593,7 +2733,33 @@ impl Resolver<'_> {
             if self.used_overrides.contains(&o.name) {
                 continue; // A param of that name took it.
             }
-            let v = o.value.as_f64();
+            // Settings that take a name; every other one takes a number or a bool.
+            let v = match (o.name.as_str(), &o.value) {
+                ("data" | "loss" | "readout", OverrideValue::Name(n)) => {
+                    self.experiment_name_override(x, &o.name, n, span);
+                    continue;
+                }
+                ("data" | "loss" | "readout", OverrideValue::Value(v)) => {
+                    let d = Diagnostic::error("circ::cli::bad_value", span, format!("`--set {}` needs a name, found {v}", o.name))
+                        .label("the override applies to this circuit")
+                        .help(match o.name.as_str() {
+                            "data" => format!("name a dataset or task: none, {}", circ_runtime::catalog::names().join(", ")),
+                            "loss" => "`--set loss=cross_entropy` or `--set loss=mse`".into(),
+                            _ => "name the output variable, e.g. `--set readout=o.a`".into(),
+                        });
+                    self.err(d);
+                    continue;
+                }
+                (key, OverrideValue::Name(n)) if EXPERIMENT_KEYS.contains(&key) => {
+                    let d = Diagnostic::error("circ::cli::bad_value", span, format!("`--set {key}` needs a number, found the name `{n}`"))
+                        .label("the override applies to this circuit")
+                        .help(format!("give a number, e.g. `--set {key}=1`"));
+                    self.err(d);
+                    continue;
+                }
+                (_, OverrideValue::Name(_)) => continue, // Reported as an unknown param.
+                (_, OverrideValue::Value(v)) => v.as_f64(),
+            };
             let as_count = |v: f64| {
                 if v >= 0.0 && v.fract() == 0.0 && v < 1e15 {
                     Some(v as usize)
@@ -2647,6 +2813,45 @@ impl Resolver<'_> {
                     }
                 }
                 _ => {}
+            }
+        }
+    }
+}
+
+impl Resolver<'_> {
+    /// `--set data=NAME`, `--set loss=NAME`, `--set readout=POP.VAR`.
+    fn experiment_name_override(&mut self, x: &mut Experiment, key: &str, n: &str, span: Span) {
+        let bad = |s: &mut Self, why: String, help: String| {
+            let d = Diagnostic::error("circ::cli::bad_value", span, format!("`--set {key}={n}`: {why}"))
+                .label("the override applies to this circuit")
+                .help(help);
+            s.err(d);
+        };
+        match key {
+            // Which names exist is the runtime's catalog: `circ run` reports an unknown one.
+            "data" => x.data = Some((n.to_string(), x.data.as_ref().map(|d| d.1).unwrap_or(x.span))),
+            "loss" => match n {
+                "cross_entropy" => x.loss = LossKind::CrossEntropy,
+                "mse" => x.loss = LossKind::Mse,
+                _ => bad(self, "unknown loss".into(), "`--set loss=cross_entropy` or `--set loss=mse`".into()),
+            },
+            _ => {
+                let (pop, var) = n.split_once('.').map_or((n, None), |(p, v)| (p, Some(v)));
+                let found = self.pops.iter().position(|p| p.name == pop).and_then(|p| {
+                    let v = match var {
+                        Some(v) => self.pops[p].find_var(v),
+                        None => self.pops[p].out,
+                    };
+                    v.map(|v| (p, v))
+                });
+                match found {
+                    Some((p, v)) => x.readout = Some((p, v, x.readout.map(|r| r.2).unwrap_or(x.span))),
+                    None => bad(
+                        self,
+                        "no such neuron variable".into(),
+                        "name a population's variable, e.g. `--set readout=o.a` (or a population with an `out` variable)".into(),
+                    ),
+                }
             }
         }
     }
@@ -2820,6 +3025,41 @@ mod tests {
         // A family nested in a family multiplies too.
         let fam = errors("input x[2]\nfor i in 1..1000 {\n  for j in 1..1000 {\n    pop h[i * 1000 + j][2] { a }\n  }\n}\n");
         assert!(fam.len() == 1 && fam[0].contains("1000 × 1000"), "{fam:?}");
+    }
+
+    fn with_set(src: &str, set: &[&str]) -> (Vec<String>, Option<crate::hir::Circuit>) {
+        let ov: Vec<_> = set.iter().map(|s| super::parse_override(s).expect("parses")).collect();
+        let fe = load_source("t.circ", src, &ov);
+        let errs = fe.diags.iter().filter(|d| d.is_error()).map(|d| format!("{}: {}", d.code, d.message)).collect();
+        (errs, fe.circuit)
+    }
+
+    #[test]
+    fn overrides_of_named_experiment_settings() {
+        let src = "param hidden: int = 4\ninput x[2]\npop o[hidden] { a }\npath W: x -> o init zeros plastic\nphase p { o.a = W(x) }\nexperiment { data = mnist  readout = o.a }\n";
+        let (e, c) = with_set(src, &["data=xor", "loss=mse", "readout=o"]);
+        assert_eq!(e, Vec::<String>::new());
+        let x = c.expect("resolved").experiment;
+        assert_eq!(x.data.map(|d| d.0).as_deref(), Some("xor"));
+        assert_eq!(x.loss, crate::hir::LossKind::Mse);
+        // A number where a name belongs, a name where a number belongs: errors, not ignored.
+        let (e, _) = with_set(src, &["data=1"]);
+        assert_eq!(e, vec!["circ::cli::bad_value: `--set data` needs a name, found 1".to_string()]);
+        let (e, _) = with_set(src, &["epochs=xor"]);
+        assert_eq!(e, vec!["circ::cli::bad_value: `--set epochs` needs a number, found the name `xor`".to_string()]);
+        let (e, _) = with_set(src, &["hidden=wide"]);
+        assert!(e.len() == 1 && e[0].contains("param `hidden` takes a number or a bool"), "{e:?}");
+        let (e, _) = with_set(src, &["readout=o.zz"]);
+        assert!(e.len() == 1 && e[0].contains("no such neuron variable"), "{e:?}");
+        assert!(super::parse_override("data=x y").is_err());
+        assert!(super::parse_override("data=").is_err());
+    }
+
+    #[test]
+    fn a_zero_size_from_the_command_line_is_one_error() {
+        let src = "param hidden: int = 4\ninput h[0][2]\nfor l in 1..3 {\n  pop h[l][hidden] { a }\n  path W[l]: h[l-1] -> h[l] init zeros plastic\n}\nphase p {\n  for l in 1..3 { h[l].a = W[l](h[l-1]) }\n}\n";
+        let (e, _) = with_set(src, &["hidden=0"]);
+        assert_eq!(e, vec!["circ::shape::bad_size: size 0 is out of range".to_string()]);
     }
 
     #[test]

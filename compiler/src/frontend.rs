@@ -39,7 +39,9 @@ impl Frontend {
 /// Reads and compiles a file. A file that cannot be read becomes a diagnostic-free error
 /// string (there is no source to point into).
 pub fn load_file(path: &Path, overrides: &[Override]) -> Result<Frontend, String> {
-    let text = read_source(path).map_err(|e| e.to_string())?;
+    // The file named on the command line may be a pipe (`circ check <(gen)`); it is read up to
+    // the size bound all the same.
+    let text = read_bounded(path, true).map_err(|e| e.to_string())?;
     Ok(load_source(&path.to_string_lossy(), &text, overrides))
 }
 
@@ -47,15 +49,20 @@ pub fn load_file(path: &Path, overrides: &[Override]) -> Result<Frontend, String
 pub const MAX_SOURCE_BYTES: u64 = 8 << 20;
 
 /// Reads a source file: a regular file of at most [`MAX_SOURCE_BYTES`] of UTF-8. Anything else
-/// is refused before reading, so `/dev/zero` cannot exhaust memory and `/dev/stdin` cannot block.
+/// is refused before reading, so an import of `/dev/zero` cannot exhaust memory and one of
+/// `/dev/stdin` cannot block.
 pub fn read_source(path: &Path) -> Result<String, ImportError> {
+    read_bounded(path, false)
+}
+
+fn read_bounded(path: &Path, any_kind: bool) -> Result<String, ImportError> {
     use std::io::Read;
     let unreadable = |why: String| ImportError::Unreadable(format!("{}: {why}", path.display()));
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => ImportError::NotFound(format!("{}: {e}", path.display())),
         _ => unreadable(e.to_string()),
     })?;
-    if !meta.is_file() {
+    if meta.is_dir() || (!any_kind && !meta.is_file()) {
         return Err(unreadable(format!("not a regular file ({})", file_kind(&meta.file_type()))));
     }
     if meta.len() > MAX_SOURCE_BYTES {
@@ -143,4 +150,22 @@ fn import_file(importer: &str, import: &str) -> Result<(String, String), ImportE
 
 fn sibling(importer: &str, import: &str) -> PathBuf {
     Path::new(importer).parent().unwrap_or(Path::new(".")).join(import)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn sources_are_read_within_bounds() {
+        // An import must be a regular file: refused before reading.
+        assert!(matches!(read_source(Path::new("/dev/zero")), Err(ImportError::Unreadable(m)) if m.contains("character device")));
+        assert!(matches!(read_source(Path::new("/nonexistent/x.circ")), Err(ImportError::NotFound(_))));
+        // The root file may be a device or a pipe, read up to the bound.
+        let e = load_file(Path::new("/dev/zero"), &[]).err().expect("refused");
+        assert!(e.contains("more than the 8 MiB"), "{e}");
+        let e = load_file(Path::new("/"), &[]).err().expect("refused");
+        assert!(e.contains("a directory"), "{e}");
+    }
 }

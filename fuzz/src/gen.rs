@@ -106,7 +106,8 @@ impl Ctx {
                     return s.pick(CONSTS).to_string();
                 }
                 let p = *s.pick(&ps);
-                let e = self.neuron_expr(s, p, depth.saturating_sub(1), false);
+                // Anchored on a variable of p: a reduction of a scalar is a shape error.
+                let e = self.anchored(s, p, depth.saturating_sub(1));
                 format!("{}({e})", s.pick(REDUCE))
             }
             1 => {
@@ -187,7 +188,8 @@ impl Ctx {
                     self.neuron_leaf(s, p)
                 }
             }
-            10 if !in_rule => format!("softmax({})", self.neuron_expr(s, p, depth - 1, false)),
+            // Anchored: softmax of a scalar is a shape error.
+            10 if !in_rule && self.readable_any(p) => format!("softmax({})", self.anchored(s, p, depth - 1)),
             11 if !in_rule => self.scalar(s, depth - 1),
             12 if !in_rule => {
                 if s.chance(1, 2) {

@@ -197,42 +197,43 @@ impl RowsCall {
     }
 }
 
-/// Runs the rows `0..rows` of a compiled synapse pass, split into [`threads`] ranges (whole
-/// blocks of 4 rows) on scoped threads; the calling thread takes the first. The result does not
-/// depend on the split. If a thread cannot be started, its rows run on the calling thread.
+/// Rows per chunk that the threads of [`circ_par_rows`] take in turn.
+const ROWS_PER_CHUNK: i64 = 64;
+
+/// Runs the rows `0..rows` of a compiled synapse pass on [`threads`] scoped threads (the
+/// calling thread is one of them). The threads take chunks of [`ROWS_PER_CHUNK`] rows in turn
+/// from a shared counter, so on a busy machine a thread that gets less CPU time does fewer rows
+/// instead of holding up the step. The result does not depend on who ran which rows. If a
+/// thread cannot be started, the others do its share.
 ///
 /// # Safety
 /// `f` must be a compiled row pass of the entry whose arguments `bufs`, `nb`, `ctx` are passed
 /// on unchanged, over a kernel with `rows` independent rows.
 pub unsafe extern "C" fn circ_par_rows(f: RowsFn, bufs: *const *mut u8, nb: i64, ctx: *const StepCtx, rows: i64) {
     let call = RowsCall { f, bufs, nb, ctx };
-    let t = (threads() as i64).min(rows / 4).max(1);
+    let t = (threads() as i64).min(rows / ROWS_PER_CHUNK).max(1);
     if t == 1 {
         // SAFETY: the caller's contract, the whole range.
         unsafe { call.run(0, rows) };
         return;
     }
-    let per = (rows + t - 1) / t;
-    let per = (per + 3) / 4 * 4;
+    let next = std::sync::atomic::AtomicI64::new(0);
+    let work = |call: RowsCall| loop {
+        let lo = next.fetch_add(ROWS_PER_CHUNK, std::sync::atomic::Ordering::Relaxed);
+        if lo >= rows {
+            break;
+        }
+        // SAFETY: each chunk is handed out once, so the threads run disjoint row ranges (see
+        // `RowsCall`); chunks are whole blocks of 4 rows.
+        unsafe { call.run(lo, (lo + ROWS_PER_CHUNK).min(rows)) };
+    };
+    let work = &work;
     std::thread::scope(|s| {
-        let mut inline = Vec::new();
-        for c in 1..t {
-            let (lo, hi) = ((c * per).min(rows), ((c + 1) * per).min(rows));
-            if lo >= hi {
-                continue;
-            }
-            // SAFETY: a disjoint sub-range of the rows (see `RowsCall`).
-            let spawned = std::thread::Builder::new().spawn_scoped(s, move || unsafe { call.run(lo, hi) });
-            if spawned.is_err() {
-                inline.push((lo, hi));
-            }
+        for _ in 1..t {
+            // A thread that cannot be started leaves its chunks to the others.
+            let _ = std::thread::Builder::new().spawn_scoped(s, move || work(call));
         }
-        // SAFETY: the first sub-range, and any a thread could not take.
-        unsafe { call.run(0, per.min(rows)) };
-        for (lo, hi) in inline {
-            // SAFETY: as above.
-            unsafe { call.run(lo, hi) };
-        }
+        work(call);
     });
 }
 

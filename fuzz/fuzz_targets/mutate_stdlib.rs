@@ -1,12 +1,19 @@
 //! Structure-aware: the corpus starts from the programs of stdlib/ and examples/
-//! (corpus/mutate_stdlib/), and the custom mutator edits them token by token (delete, duplicate,
-//! swap and move tokens, extreme numbers, identifiers from the same program, other operators and
-//! keywords), so most mutants parse and reach the resolver, the checker, locality and lowering.
+//! (corpus/mutate_stdlib/seed_*, written from the repository at start when missing), and the
+//! custom mutator edits them token by token (delete, duplicate, swap and move tokens, extreme
+//! numbers, identifiers from the same program, other operators and keywords), so most mutants
+//! parse and reach the resolver, the checker, locality and lowering.
 #![no_main]
 
 use libfuzzer_sys::{fuzz_crossover, fuzz_mutator, fuzz_target};
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: {
+    // The seed corpus (corpus/mutate_stdlib/seed_*) is made from the repository when missing.
+    let n = circ_fuzz::ensure_seed_corpus();
+    if n > 0 {
+        eprintln!("mutate_stdlib: wrote {n} seed programs to corpus/mutate_stdlib/");
+    }
+}, |data: &[u8]| {
     if std::env::var_os("CIRC_FUZZ_MUTATION_STATS").is_some() {
         print_mutation_stats();
     }

@@ -23,9 +23,8 @@ pub fn source_name() -> String {
 pub fn ensure_seed_corpus() -> usize {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/mutate_stdlib");
-    let has_seeds = std::fs::read_dir(&dir)
-        .map(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().starts_with("seed_")))
-        .unwrap_or(false);
+    let has_seeds =
+        std::fs::read_dir(&dir).map(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().starts_with("seed_"))).unwrap_or(false);
     if has_seeds || std::fs::create_dir_all(&dir).is_err() {
         return 0;
     }

@@ -219,3 +219,70 @@ fn the_outer_loop_raises_a_too_small_learning_rate() {
     assert!(theta1 > 1e-3, "θ_1 went from 1e-4 to {theta1}");
     assert!(late < early, "meta-loss of the first five episodes {early}, of the last five {late}");
 }
+
+#[test]
+fn evolution_strategies_estimate_the_forward_mode_gradient() {
+    // F^pseudo (one meta-param), the same task and network: the antithetic ES estimate with
+    // 64 pairs against the exact forward-mode derivative of the same query loss.
+    let data = blobs(20, 4);
+    let path = common::root().join("examples/papers/meta_pool.circ");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let exact = load(&text, &["pool=1", "episodes=1"]);
+    let es = load(&text, &["pool=1", "episodes=1", "es_population=64", "es_sigma=0.00001"]);
+    let mut fwd = build(&exact, 3);
+    let theta = episodes::read_theta(&fwd.state, fwd.info.meta.as_ref().unwrap());
+    let (_, grad) = episode(&mut fwd, &data, &theta);
+
+    let mut run = build(&es, 3);
+    let mb = run.info.meta.clone().unwrap();
+    assert!(mb.params.iter().all(|p| p.loss_tangent.is_none()), "evolution strategies compile no tangents");
+    let classes: Vec<Vec<usize>> =
+        (0..CLASSES).map(|c| (0..data.train.n).filter(|&i| data.train.labels[i] as usize == c).collect()).collect();
+    let task = episodes::draw_task(&classes, &run.meta, 7, 0);
+    let cfg = RunConfig { seed: 7, meta: Some(run.meta.clone()), ..RunConfig::default() };
+    let start = StepCtx { seed: 7, step: 0, iter: 0 };
+    let est =
+        episodes::es_gradient(run.engine.as_mut(), &mut run.state, &run.info, &mb, &data, &task, &cfg, &run.meta, &theta, 0, start, 1, 16)
+            .unwrap();
+    let rel = (est[0] - grad[0]).abs() / grad[0].abs();
+    eprintln!("forward mode {}, evolution strategies {} (relative difference {rel:.3})", grad[0], est[0]);
+    assert!(grad[0].abs() > 1e-3, "a gradient worth estimating: {}", grad[0]);
+    assert!(rel < 0.35, "forward mode {} vs evolution strategies {}", grad[0], est[0]);
+}
+
+/// A rate circuit integrated by an ODE, with a learning rate to meta-learn on 2-way tasks.
+const ODE_META: &str = "circuit ode_meta locality population
+meta eta = 0.05
+param dt = 1.0
+input x[2]
+pop o[2] { state v, e }
+target y[2] at o
+path W: x -> o init xavier_uniform plastic resample
+phase forward { d o.v / dt = (W(x) - o.v) / 2 }
+phase errors { o.e = y - softmax(o.v) }
+plasticity { W.w += eta * post.e * pre }
+experiment {
+  data = moons
+  episodes = 12; ways = 2; shots = 10; queries = 5; eval_episodes = 3
+  es_population = 4; es_sigma = 0.01; meta_lr = 0.01
+  readout = o.v
+}
+";
+
+#[test]
+fn an_ode_circuit_meta_learns_by_evolution_strategies_and_refuses_gradients() {
+    let fe = frontend::load_source("ode_meta.circ", ODE_META, &[]);
+    let c = fe.ok().unwrap_or_else(|| panic!("{:?}", fe.diags));
+    let exact = frontend::load_source("ode_meta.circ", ODE_META, &[parse_override("es_population=0").unwrap()]);
+    let Err(err) = pipeline::lower(exact.ok().unwrap(), 1) else { panic!("forward mode refuses an ODE") };
+    assert_eq!(err[0].code, "circ::grad::unsupported");
+
+    let data = circ_runtime::catalog::load("moons", None, 0).unwrap();
+    let mut run = build(&fe, 0);
+    let cfg = RunConfig { eval_batch: 16, seed: 1, meta: pipeline::meta_config(c), ..RunConfig::default() };
+    let out = driver::train(run.engine.as_mut(), &mut run.state, &run.info, Some(&data), &cfg).unwrap();
+    assert_eq!(out.epochs_done, 12);
+    let eta = out.monitors.iter().find(|(n, _)| n == "eta").unwrap().1;
+    assert!(eta.is_finite() && eta != 0.05, "eta stayed at {eta}");
+    assert!(out.test_acc > 0.6, "meta-test accuracy {} on 2-way moons", out.test_acc);
+}

@@ -673,11 +673,26 @@ pub struct MetaLearning {
     pub meta_l1: f64,
     /// Episodes on held-out data after meta-training, with frozen meta-params.
     pub eval_episodes: usize,
+    /// Evolution strategies instead of forward-mode gradients: antithetic pairs of perturbed
+    /// meta-params per episode (0: exact gradients through the tangents).
+    pub es_population: usize,
+    /// Standard deviation of the evolution-strategies perturbations.
+    pub es_sigma: f64,
 }
 
 impl Default for MetaLearning {
     fn default() -> Self {
-        MetaLearning { episodes: 0, ways: 5, shots: 50, queries: 10, meta_lr: 1e-3, meta_l1: 0.0, eval_episodes: 20 }
+        MetaLearning {
+            episodes: 0,
+            ways: 5,
+            shots: 50,
+            queries: 10,
+            meta_lr: 1e-3,
+            meta_l1: 0.0,
+            eval_episodes: 20,
+            es_population: 0,
+            es_sigma: 1e-3,
+        }
     }
 }
 

@@ -55,10 +55,11 @@ fn meta_buffers(p: &Program) -> Option<MetaBuffers> {
         .filter(|(_, b)| b.kind == BufKind::Meta)
         .enumerate()
         .map(|(r, (buf, b))| {
-            let loss_tangent = find(&tangent::tangent_name(r, tangent::META_LOSS))?;
-            Some(MetaParam { name: b.name.clone(), buf, loss_tangent })
+            // Absent when the experiment meta-learns by evolution strategies.
+            let loss_tangent = find(&tangent::tangent_name(r, tangent::META_LOSS));
+            MetaParam { name: b.name.clone(), buf, loss_tangent }
         })
-        .collect::<Option<Vec<_>>>()?;
+        .collect();
     Some(MetaBuffers { params, loss, reset: p.episode_reset.clone() })
 }
 
@@ -72,6 +73,8 @@ pub fn meta_config(c: &Circuit) -> Option<MetaConfig> {
         meta_lr: m.meta_lr,
         meta_l1: m.meta_l1,
         eval_episodes: m.eval_episodes,
+        es_population: m.es_population,
+        es_sigma: m.es_sigma,
     })
 }
 

@@ -119,6 +119,8 @@ pub const EXPERIMENT_KEYS: &[&str] = &[
     "meta_lr",
     "meta_l1",
     "eval_episodes",
+    "es_population",
+    "es_sigma",
 ];
 
 /// Columns of the metrics files that the run itself writes (runtime/src/driver.rs,
@@ -127,7 +129,7 @@ const RESERVED_COLUMNS: &[&str] =
     &["step", "epoch", "seed", "train_loss", "train_acc", "test_loss", "test_acc", "train_seconds", "meta_loss", "meta_acc"];
 
 /// The experiment settings of meta-learning runs.
-const META_KEYS: &[&str] = &["episodes", "ways", "shots", "queries", "meta_lr", "meta_l1", "eval_episodes"];
+const META_KEYS: &[&str] = &["episodes", "ways", "shots", "queries", "meta_lr", "meta_l1", "eval_episodes", "es_population", "es_sigma"];
 
 /// Builtin names that `fn` calls resolve to (for "did you mean").
 const BUILTIN_CALLS: &[&str] = &[
@@ -2878,6 +2880,9 @@ fn set_meta_key(m: &mut MetaLearning, key: &str, v: f64) -> Result<(), &'static 
         "shots" => m.shots = count(1.0).map_err(|_| "must be a positive whole number")?,
         "queries" => m.queries = count(1.0).map_err(|_| "must be a positive whole number")?,
         "eval_episodes" => m.eval_episodes = count(0.0).map_err(|_| "must be a non-negative whole number")?,
+        "es_population" => m.es_population = count(0.0).map_err(|_| "must be a non-negative whole number")?,
+        "es_sigma" if v.is_finite() && v > 0.0 => m.es_sigma = v,
+        "es_sigma" => return Err("must be a positive number"),
         "meta_lr" if v.is_finite() && v > 0.0 => m.meta_lr = v,
         "meta_l1" if v.is_finite() && v >= 0.0 => m.meta_l1 = v,
         "meta_lr" => return Err("must be a positive number"),

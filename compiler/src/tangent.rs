@@ -16,7 +16,7 @@
 //! - Transmission through a plastic pathway W differentiates to W(ẋ) + Ẇ(x); Ẇ is a derived
 //!   view pathway `__d{r}_W` whose effective weight is the tangent of W's effective weight.
 //! - Differential equations are refused (`circ::grad::unsupported`), never differentiated
-//!   approximately.
+//!   approximately. With `es_population > 0` (evolution strategies) only the meta-loss is added.
 
 use crate::ast::{AssignOp, BinOp, UnOp};
 use crate::autodiff::partial;
@@ -69,6 +69,10 @@ pub fn expand(c: &Circuit) -> Result<Circuit, Vec<Diagnostic>> {
         diags: Vec::new(),
     };
     let loss = t.add_meta_loss();
+    // Evolution strategies need the meta-loss only: no tangents, so ODEs are fine too.
+    if c.experiment.meta.as_ref().is_some_and(|m| m.es_population > 0) {
+        return Ok(t.out);
+    }
     t.find_active();
     t.declare(loss);
     t.transform();
@@ -363,7 +367,7 @@ impl Tangents<'_> {
                         "meta-gradients through differential equations are not supported yet",
                     )
                     .label("not differentiated")
-                    .help("meta-learning differentiates plain `=`, `+=`, `-=` and `*=` equations");
+                    .help("meta-learning differentiates plain `=`, `+=`, `-=` and `*=` equations; `es_population = N` in the experiment meta-learns by evolution strategies instead, which needs no derivatives");
                     self.diags.push(d);
                     out.push(s);
                 }

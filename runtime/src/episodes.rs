@@ -60,14 +60,19 @@ pub struct MetaConfig {
     pub meta_l1: f64,
     /// Tasks from the test split scored after meta-training, θ frozen.
     pub eval_episodes: usize,
+    /// Evolution strategies: antithetic pairs per episode (0: the exact forward-mode gradient).
+    pub es_population: usize,
+    /// Standard deviation of the perturbations of θ.
+    pub es_sigma: f64,
 }
 
-/// One meta-param: its buffer and the buffer of the meta-loss tangent ∂loss/∂θ.
+/// One meta-param: its buffer and the buffer of the meta-loss tangent ∂loss/∂θ (none when
+/// the program was compiled for evolution strategies).
 #[derive(Clone, Debug)]
 pub struct MetaParam {
     pub name: String,
     pub buf: usize,
-    pub loss_tangent: usize,
+    pub loss_tangent: Option<usize>,
 }
 
 /// The buffers a meta-learning run reads and resets.
@@ -155,6 +160,8 @@ pub struct Task {
 
 /// Stream tags, so the task, network and order draws of one episode are independent.
 const TASK_STREAM: u64 = 0x7A5C;
+/// The perturbations of evolution strategies.
+const ES_STREAM: u64 = 0xE5E5;
 /// Meta-test episodes are numbered from here, far from any training episode.
 const TEST_EPISODES: u64 = 1 << 40;
 
@@ -203,7 +210,8 @@ pub struct EpisodeResult {
     pub loss: f64,
     /// Query accuracy.
     pub acc: f64,
-    /// ∂loss/∂θ_r, the mean of the tangents over the query samples (without the penalty).
+    /// ∂loss/∂θ_r, the mean of the tangents over the query samples (without the penalty); zeros
+    /// without tangents.
     pub grad: Vec<f64>,
     /// Inner-loop steps taken.
     pub steps: u64,
@@ -252,13 +260,78 @@ pub fn run_episode(
         loss += (0..idx.len()).map(|row| state.at(mb.loss, row)).sum::<f64>();
         correct += c;
         for (g, p) in grad.iter_mut().zip(&mb.params) {
-            *g += (0..idx.len()).map(|row| state.at(p.loss_tangent, row)).sum::<f64>();
+            if let Some(t) = p.loss_tangent {
+                *g += (0..idx.len()).map(|row| state.at(t, row)).sum::<f64>();
+            }
         }
     }
     for g in &mut grad {
         *g /= n;
     }
     Ok(EpisodeResult { loss: loss / n, acc: correct / n, grad, steps })
+}
+
+/// The evolution-strategies estimate of ∂loss/∂θ on one task: for k = 1..P, ε_k ~ N(0, I)
+/// from a stream of (seed, episode, k), the same episode (task, network, random draws) run at
+/// θ ± σ ε_k, and g = Σ_k (L⁺_k − L⁻_k) ε_k / (2 σ P) (antithetic sampling with common random
+/// numbers). Every evaluation starts from the step counter `start`; the state is left as the
+/// last evaluation's. A perturbation whose inner loop diverges is an error, as in training.
+#[allow(clippy::too_many_arguments)]
+pub fn es_gradient(
+    engine: &mut dyn Engine,
+    state: &mut State,
+    info: &RunInfo,
+    mb: &MetaBuffers,
+    data: &Dataset,
+    task: &Task,
+    cfg: &RunConfig,
+    meta: &MetaConfig,
+    theta: &[f64],
+    episode: u64,
+    start: StepCtx,
+    batch: usize,
+    eval_batch: usize,
+) -> Result<Vec<f64>, RunError> {
+    let n = theta.len();
+    let mut g = vec![0.0; n];
+    let mut rng = episode_rng(cfg.seed, episode, ES_STREAM);
+    for _ in 0..meta.es_population {
+        let eps: Vec<f64> = (0..n).map(|_| rand_distr::Distribution::sample(&rand_distr::StandardNormal, &mut rng)).collect();
+        let mut loss = [0.0; 2];
+        for (l, sgn) in loss.iter_mut().zip([1.0, -1.0]) {
+            let t: Vec<f64> = theta.iter().zip(&eps).map(|(t, e)| t + sgn * meta.es_sigma * e).collect();
+            write_theta(state, mb, &t);
+            let mut ctx = start;
+            let r = run_episode(
+                engine,
+                state,
+                info,
+                mb,
+                data,
+                &data.train,
+                task,
+                episode_seed(cfg.seed, episode),
+                batch,
+                eval_batch,
+                &mut ctx,
+            )?;
+            if !r.loss.is_finite() {
+                return Err(RunError::NonFinite {
+                    what: "the meta-loss of a perturbed θ".into(),
+                    value: format!("{}", r.loss),
+                    step: ctx.step,
+                    origin: format!(" in episode {}", episode + 1),
+                    kept: String::new(),
+                });
+            }
+            *l = r.loss;
+        }
+        for (gi, e) in g.iter_mut().zip(&eps) {
+            *gi += (loss[0] - loss[1]) * e / (2.0 * meta.es_sigma * meta.es_population as f64);
+        }
+    }
+    write_theta(state, mb, theta);
+    Ok(g)
 }
 
 /// The meta-params as the state holds them.
@@ -364,7 +437,20 @@ pub fn meta_train(
                 return Err(err);
             }
         };
-        let g: Vec<f64> = r.grad.iter().zip(&theta).map(|(g, t)| g + meta.meta_l1 * sign(*t)).collect();
+        let grad = if meta.es_population > 0 {
+            let start = StepCtx { step: pos.global, ..ctx };
+            let est = es_gradient(engine, state, info, mb, data, &task, cfg, meta, &theta, e, start, batch, eval_batch);
+            match est {
+                Ok(g) => g,
+                Err(err) => {
+                    metrics.flush()?;
+                    return Err(err);
+                }
+            }
+        } else {
+            r.grad.clone()
+        };
+        let g: Vec<f64> = grad.iter().zip(&theta).map(|(g, t)| g + meta.meta_l1 * sign(*t)).collect();
         adam.step(&mut theta, &g, meta.meta_lr);
         write_theta(state, mb, &theta);
         train_seconds += t0.elapsed().as_secs_f64();

@@ -185,6 +185,9 @@ enum Binding {
 
 type Env = HashMap<String, Binding>;
 
+/// An environment entry that marks declarations nested in an `if` (not an identifier).
+const IN_BLOCK: &str = "<if>";
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Ctx {
     /// Neuron equations in phases (and signal equations).
@@ -841,10 +844,15 @@ impl Resolver<'_> {
                 Item::If { cond, then, els, .. } => {
                     let c = if pass == 2 { self.const_eval(cond, env) } else { self.try_const(cond, env).ok() };
                     let Some(c) = c else { continue };
+                    // Params, fns and rules are collected from the top level only, so one
+                    // inside an `if` must be refused like one inside a `for` (below); the
+                    // marker makes the environment non-empty, and no name can match it.
+                    let mut inner = env.clone();
+                    inner.insert(IN_BLOCK.into(), Binding::Int(0));
                     if c.as_f64() != 0.0 {
-                        self.declare_pass(then, env, pass);
+                        self.declare_pass(then, &inner, pass);
                     } else {
-                        self.declare_pass(els, env, pass);
+                        self.declare_pass(els, &inner, pass);
                     }
                 }
                 Item::Param { span, .. } if pass == 2 && !env.is_empty() => {

@@ -549,10 +549,14 @@ def write_doc(results, meta):
          "(they share circ's architecture, init law, optimiser, batch mean and sample order, but not its random "
          "initial weights).", ""]
     if meta.get("merged"):
-        mg = meta["merged"]
-        L += [f"Merged run: workloads {', '.join(mg['workloads'])} come from the previous run `{mg['command']}` on "
-              f"{mg['date']} (load average {mg['load_start']} at its start, {mg['load_end']} at its end); the rest were "
-              "re-run as above. Ratios are always between programs of the same run.", ""]
+        runs = {}
+        for k, src in meta["sources"].items():
+            if src:
+                runs.setdefault((src["date"], src["command"], src["load_start"], src["load_end"]), []).append(k)
+        L += ["Merged runs (`--merge`): the workloads come from these runs; ratios are always between programs of the "
+              "same run.", ""]
+        L += [f"- {', '.join(ks)}: `{c}` on {d} (load average {ls} at its start, {le} at its end)" for (d, c, ls, le), ks in runs.items()]
+        L += [""]
     if meta.get("quick"):
         L += ["**Quick smoke run** (`--quick`): few samples, not a measurement.", ""]
     L += ["## Targets (issue 8, item 3)", "", "| target | goal | measured | met |", "|---|---|---|---|"]
@@ -755,10 +759,14 @@ def main():
         "versions": ", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
         "torch_source": torch_src.read_text().strip() if torch_src.exists() else "as installed",
     }
+    # Where each workload's numbers come from (carried over through successive merges).
+    this_run = {"date": meta["date"], "command": meta["command"], "load_start": meta["load_start"], "load_end": meta["load_end"]}
+    pm = prev.get("meta", {})
+    old_sources = pm.get("sources") or {k: {key: pm.get(key) for key in this_run} for k in merged}
+    meta["sources"] = {k: (old_sources.get(k) if k in merged else this_run) for k in results
+                       if k not in ("targets", "failures", "profiles", "meta")}
     if merged:
-        pm = prev.get("meta", {})
-        meta["merged"] = {"workloads": merged, "date": pm.get("date"), "command": pm.get("command"),
-                          "load_start": pm.get("load_start"), "load_end": pm.get("load_end")}
+        meta["merged"] = merged
         if "profiles" not in results and "profiles" in prev:
             results["profiles"] = prev["profiles"]
     results["meta"] = meta

@@ -528,8 +528,15 @@ impl FiniteGuard {
         match check_finite(state, info, nb, pos.global) {
             Ok(()) => {
                 if out.is_some() {
-                    let bufs = (0..state.specs.len()).filter(|&b| state.specs[b].kind.persistent()).map(|b| (b, state.get(b))).collect();
-                    self.good = Some((bufs, pos));
+                    // Refill the previous copy in place: no allocation per check.
+                    let (bufs, at) = self.good.get_or_insert_with(|| {
+                        let bufs = (0..state.specs.len()).filter(|&b| state.specs[b].kind.persistent()).map(|b| (b, Vec::new())).collect();
+                        (bufs, pos)
+                    });
+                    for (b, v) in bufs.iter_mut() {
+                        state.copy_into(*b, v);
+                    }
+                    *at = pos;
                 }
                 Ok(())
             }

@@ -165,6 +165,15 @@ impl State {
         }
     }
 
+    /// Copies a buffer into `out` as f64, reusing its allocation.
+    pub fn copy_into(&self, buf: usize, out: &mut Vec<f64>) {
+        out.clear();
+        match &self.data {
+            Data::F32(v) => out.extend(v[buf].iter().map(|&x| x as f64)),
+            Data::F64(v) => out.extend_from_slice(&v[buf]),
+        }
+    }
+
     /// Element `i` of a buffer, as f64.
     pub fn at(&self, buf: usize, i: usize) -> f64 {
         match &self.data {

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import re
 import shlex
 import statistics
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 
+circ_bin = None
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The supervised programs and the targets of issue 5 (test accuracy, %, 3 seeds, mean).
@@ -96,10 +98,11 @@ def describe(params, exp):
     return arch, opt, exp.get("epochs", "?"), exp.get("batch", "?")
 
 
-def run(cmd):
-    """Runs `circ run ... --json --out DIR`; returns (final JSON, metrics records)."""
+def run(cmd, keep=None):
+    """Runs `circ run ... --json --out DIR`; returns (final JSON, metrics records). With `keep`,
+    the run's plots (PNG) are copied into that directory."""
     with tempfile.TemporaryDirectory(prefix="circ-results-") as out:
-        full = cmd + ["--out", out]
+        full = [circ_bin] + cmd[1:] + ["--out", out]
         print("  $", sh(cmd), flush=True)
         p = subprocess.run(full, cwd=ROOT, capture_output=True, text=True)
         if p.returncode != 0:
@@ -113,6 +116,11 @@ def run(cmd):
         if os.path.exists(mpath):
             with open(mpath, encoding="utf-8") as f:
                 records = [json.loads(l) for l in f if l.strip()]
+        if keep:
+            os.makedirs(keep, exist_ok=True)
+            for f in sorted(os.listdir(out)):
+                if f.endswith(".png"):
+                    shutil.copyfile(os.path.join(out, f), os.path.join(keep, f))
         return final, records
 
 
@@ -189,7 +197,11 @@ def main():
         die("no MNIST: set CIRC_MNIST_DIR or pass --data-dir (get it with `circ data fetch mnist --to DIR`)")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     only = {s for s in args.only.split(",") if s}
-    circ = os.path.relpath(args.circ, ROOT) if args.circ.startswith(ROOT) else args.circ
+    # Commands are shown with the default binary path; they run with --circ.
+    global circ_bin
+    circ_bin = args.circ
+    circ = "target/release/circ"
+    plots = os.path.join(os.path.dirname(os.path.abspath(args.out)), "results")
     data = ["--data-dir", args.data_dir]
 
     rows, mons, commands = [], [], []
@@ -198,7 +210,7 @@ def main():
         if only and name not in only:
             continue
         prog = f"stdlib/{name}.circ"
-        chk = subprocess.run([args.circ, "check", "--json", prog], cwd=ROOT, capture_output=True, text=True)
+        chk = subprocess.run([circ_bin, "check", "--json", prog], cwd=ROOT, capture_output=True, text=True)
         try:
             info = json.loads(chk.stdout.splitlines()[0])
         except (IndexError, json.JSONDecodeError):
@@ -211,7 +223,8 @@ def main():
         accs, secs, runs = [], [], []
         for s in seeds:
             cmd = [circ, "run", prog, "--json", "--seed", str(s)] + data + args.extra
-            final, records = run(cmd)
+            # The first seed's plots (learning curves, monitors) go beside the document.
+            final, records = run(cmd, keep=os.path.join(plots, name) if s == seeds[0] else None)
             accs.append(100.0 * final["test_acc"])
             secs.append(final["train_seconds"] / max(1, final["epochs"]))
             runs.append(records)
@@ -300,6 +313,12 @@ def main():
                 t = f"< {mtarget:.0f}°: {'yes' if met else '**no**'}"
             out.append(f"| {name} | `{mon}` | {what} | {fmt(firsts, 1) if firsts else '—'} | {fmt(finals, 1)} | {t} |")
         out.append("")
+        out.append(f"Plots of the seed-{seeds[0]} runs (monitors every ~1/20 epoch; `cos` monitors as cosines):\n")
+        for name, mon, *_ in mons:
+            out.append(f"- {name} `{mon}`: ![{name} {mon}](results/{name}/monitor_{mon}.png)")
+        out.append("")
+        out.append("Learning curves (seed " + str(seeds[0]) + "): "
+                   + ", ".join(f"[{n}](results/{n}/accuracy.png)" for n, *_ in rows) + ".\n")
     out.append("## Commands\n")
     out.append("Run from the repository root after `cargo build --release`, for S in " + ", ".join(map(str, seeds))
                + " (the script adds `--out` to a temporary directory to read the monitors):\n")

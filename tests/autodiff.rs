@@ -191,3 +191,68 @@ fn backpropagation_through_time_matches_finite_differences() {
         check_against_fd(RNN, &["Wout", "Wrec", "Win"], seed);
     }
 }
+
+/// The network of the forward-vs-reverse test: θ scales the first layer's input, so
+/// dL/dθ = Σᵢⱼ (∂L/∂W1)ᵢⱼ · W1ᵢⱼ / θ.
+const SCALED: &str = "circuit scaled locality nonlocal
+precision f64
+THETA
+input x[5]
+pop h[4] { a, out r }
+pop o[3] { a }
+target y[3] at o
+path W1: x -> h init uniform(-1, 1) plastic
+path W2: h -> o init uniform(-1, 1) plastic
+phase forward {
+  h.a = theta * W1(x)
+  h.r = tanh(h.a)
+  o.a = W2(h)
+}
+PLASTICITY
+experiment { data = none  batch = 1  readout = o.a  EXTRA }
+";
+
+#[test]
+fn forward_and_reverse_mode_agree_on_the_same_loss() {
+    // Forward mode: θ a meta-param; the tangent pass gives d(cross-entropy)/dθ.
+    let fwd = SCALED
+        .replace("THETA", "meta theta = 0.7")
+        .replace("PLASTICITY", "plasticity { W2.w += 0 * post.a * pre }")
+        .replace("EXTRA", "episodes = 1");
+    // Reverse mode: θ a constant; grad() gives dL/dW1, applied with rate 1.
+    let rev = SCALED
+        .replace("THETA", "param theta = 0.7")
+        .replace("PLASTICITY", "plasticity { W1.w -= grad(cross_entropy(o.a, y), W1.w) }")
+        .replace("EXTRA", "");
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let x: Vec<f64> = (0..5).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let y = vec![0.0, 1.0, 0.0];
+    let ctx = StepCtx { seed: 1, step: 0, iter: 0 };
+    let build = |text: &str| {
+        let fe = frontend::load_source("scaled.circ", text, &[]);
+        let c = fe.ok().unwrap_or_else(|| panic!("{:?}", fe.diags));
+        let p = pipeline::lower(c, 1).unwrap();
+        let mut state = State::new(&p.buffers, 1, p.precision, 9);
+        state.set_f64(p.input.unwrap(), &x);
+        state.set_f64(p.target.unwrap(), &y);
+        let find = |n: &str| p.buffers.iter().position(|b| b.name == n).unwrap();
+        let (w1, t) = (find("W1.w"), p.buffers.iter().position(|b| b.name == "__d0___meta_loss"));
+        let engine = pipeline::engine(p, EngineKind::Jit).unwrap();
+        (engine, state, w1, t)
+    };
+    let (mut ef, mut sf, _, tangent) = build(&fwd);
+    ef.run(EntryKind::Init, &mut sf, 1, &ctx);
+    ef.run(EntryKind::Eval, &mut sf, 1, &ctx);
+    let forward = sf.at(tangent.expect("the tangent of the meta-loss"), 0);
+
+    let (mut er, mut sr, w1, _) = build(&rev);
+    er.run(EntryKind::Init, &mut sr, 1, &ctx);
+    let before = sr.get(w1);
+    er.run(EntryKind::Train, &mut sr, 1, &ctx);
+    let after = sr.get(w1);
+    let reverse: f64 = before.iter().zip(&after).map(|(b, a)| (b - a) * b).sum::<f64>() / 0.7;
+
+    assert!(forward.abs() > 1e-3, "a derivative worth comparing: {forward}");
+    let rel = (forward - reverse).abs() / forward.abs();
+    assert!(rel < 1e-9, "forward mode {forward} vs reverse mode {reverse} (relative difference {rel:.1e})");
+}

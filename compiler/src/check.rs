@@ -794,6 +794,15 @@ mod tests {
     const HEAD: &str = "input x[4]\npop h[4] { v, s, r }\npath W: x -> h init uniform(-1, 1)\n";
 
     #[test]
+    fn a_monitor_compares_a_pathway_with_a_transposed_one_in_either_order() {
+        let src = "input x[3]\npop g[3] { a }\npop h[2] { a }\npath R: x -> g init identity fixed\n\
+                   path V: g -> h init uniform(-1, 1) plastic\npath B: h -> g init uniform(-1, 1) fixed\n\
+                   phase f { g.a = R(x)\n h.a = V(g.a) }\n\
+                   monitor m1 = norm(V.w - transpose(B.w))\nmonitor m2 = norm(transpose(B.w) - V.w)\n";
+        assert_eq!(errors(src), Vec::<String>::new());
+    }
+
+    #[test]
     fn a_write_on_both_branches_of_a_when_is_a_write() {
         let src = format!("{HEAD}phase f {{\n  h.v = W(x)\n  when h.v > 0 {{ h.s = 1 }} else {{ h.s = 0 }}\n  h.r = h.s\n}}\n");
         assert_eq!(errors(&src), Vec::<String>::new());

@@ -483,16 +483,21 @@ impl Expr {
     pub fn constant(v: f64, span: Span) -> Expr {
         Expr { kind: ExprKind::Const(v), span }
     }
-    /// The pathway of the first synapse-state read in the expression, if any (monitors of
+    /// The pathway whose synapses a synapse-state expression lives on, if any (monitors of
     /// synapse state are evaluated in that pathway's synapse context).
     pub fn first_syn_path(&self) -> Option<PathId> {
-        let mut p = None;
+        // The synapse space is that of a pathway read as it is (not transposed), whatever the
+        // order of the operands: `V.w - transpose(B.w)` lives on V's synapses.
+        let (mut plain, mut any) = (None, None);
         self.walk(&mut |x| {
-            if let (None, ExprKind::Syn { path, .. }) = (p, &x.kind) {
-                p = Some(*path);
+            if let ExprKind::Syn { path, transposed, .. } = &x.kind {
+                any = Some(*path);
+                if !*transposed {
+                    plain = Some(*path);
+                }
             }
         });
-        p
+        plain.or(any)
     }
     /// Visits every sub-expression, parents before children.
     pub fn walk(&self, f: &mut dyn FnMut(&Expr)) {

@@ -138,7 +138,7 @@ pub fn run(a: RunArgs) -> i32 {
         resume: a.resume.clone(),
         max_steps: a.max_steps,
         steps: x.steps.unwrap_or(1),
-        meta: pipeline::meta_config(c),
+        meta: c.experiment.meta.clone(),
         stop: Some(stop),
     };
     let cfg = RunConfig {

@@ -85,7 +85,7 @@ fn build(fe: &Frontend, seed: u64) -> Run {
     let info = pipeline::run_info(&p, &fe.sources);
     let state = State::new(&p.buffers, 64, p.precision, seed);
     let engine = pipeline::engine(p, EngineKind::Jit).unwrap();
-    Run { engine, state, info, meta: pipeline::meta_config(c).unwrap() }
+    Run { engine, state, info, meta: c.experiment.meta.clone().unwrap() }
 }
 
 /// Query loss and gradient of episode 0 with the given θ.
@@ -279,7 +279,7 @@ fn an_ode_circuit_meta_learns_by_evolution_strategies_and_refuses_gradients() {
 
     let data = circ_runtime::catalog::load("moons", None, 0).unwrap();
     let mut run = build(&fe, 0);
-    let cfg = RunConfig { eval_batch: 16, seed: 1, meta: pipeline::meta_config(c), ..RunConfig::default() };
+    let cfg = RunConfig { eval_batch: 16, seed: 1, meta: c.experiment.meta.clone(), ..RunConfig::default() };
     let out = driver::train(run.engine.as_mut(), &mut run.state, &run.info, Some(&data), &cfg).unwrap();
     assert_eq!(out.epochs_done, 12);
     let eta = out.monitors.iter().find(|(n, _)| n == "eta").unwrap().1;

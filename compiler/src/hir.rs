@@ -9,6 +9,7 @@
 
 use crate::ast::{AssignOp, BinOp, UnOp};
 use crate::diag::Span;
+use circ_runtime::episodes::MetaConfig;
 use std::fmt;
 
 pub type PopId = usize;
@@ -656,49 +657,10 @@ pub struct Experiment {
     pub steps: Option<usize>,
     /// Record monitors every N steps.
     pub monitor_every: Option<usize>,
-    /// Meta-learning: when set, the run is a sequence of episodes that step the meta-params.
-    pub meta: Option<MetaLearning>,
+    /// Meta-learning: when set, the run is a sequence of episodes that step the meta-params
+    /// (the runtime's settings type, so the driver takes it as the resolver built it).
+    pub meta: Option<MetaConfig>,
     pub span: Span,
-}
-
-/// How a meta-learning run samples its episodes and steps the meta-params.
-#[derive(Clone, Debug, PartialEq)]
-pub struct MetaLearning {
-    /// Number of meta-training episodes (one meta-step each).
-    pub episodes: usize,
-    /// Classes per task.
-    pub ways: usize,
-    /// Training samples per class, learned online by the circuit's own plasticity.
-    pub shots: usize,
-    /// Query samples per class, on which the meta-loss is taken.
-    pub queries: usize,
-    /// Adam learning rate of the meta-params.
-    pub meta_lr: f64,
-    /// Weight of the L1 penalty on the meta-params.
-    pub meta_l1: f64,
-    /// Episodes on held-out data after meta-training, with frozen meta-params.
-    pub eval_episodes: usize,
-    /// Evolution strategies instead of forward-mode gradients: antithetic pairs of perturbed
-    /// meta-params per episode (0: exact gradients through the tangents).
-    pub es_population: usize,
-    /// Standard deviation of the evolution-strategies perturbations.
-    pub es_sigma: f64,
-}
-
-impl Default for MetaLearning {
-    fn default() -> Self {
-        MetaLearning {
-            episodes: 0,
-            ways: 5,
-            shots: 50,
-            queries: 10,
-            meta_lr: 1e-3,
-            meta_l1: 0.0,
-            eval_episodes: 20,
-            es_population: 0,
-            es_sigma: 1e-3,
-        }
-    }
 }
 
 impl Default for Experiment {

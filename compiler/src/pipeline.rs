@@ -12,7 +12,7 @@ use crate::lir::Program;
 use crate::lower;
 use crate::tangent;
 use circ_runtime::driver::{Engine, Loss, RunInfo};
-use circ_runtime::episodes::{MetaBuffers, MetaConfig, MetaParam};
+use circ_runtime::episodes::{MetaBuffers, MetaParam};
 use circ_runtime::state::BufKind;
 
 /// Which back end executes the program.
@@ -61,21 +61,6 @@ fn meta_buffers(p: &Program) -> Option<MetaBuffers> {
         })
         .collect();
     Some(MetaBuffers { params, loss, reset: p.episode_reset.clone() })
-}
-
-/// The meta-learning settings of the experiment, if it runs episodes.
-pub fn meta_config(c: &Circuit) -> Option<MetaConfig> {
-    c.experiment.meta.as_ref().map(|m| MetaConfig {
-        episodes: m.episodes,
-        ways: m.ways,
-        shots: m.shots,
-        queries: m.queries,
-        meta_lr: m.meta_lr,
-        meta_l1: m.meta_l1,
-        eval_episodes: m.eval_episodes,
-        es_population: m.es_population,
-        es_sigma: m.es_sigma,
-    })
 }
 
 pub fn loss(c: &Circuit) -> Loss {

@@ -21,6 +21,7 @@ use crate::ast::{self, BinOp, ExprKind as A, Item, StmtKind as S, UnOp};
 use crate::diag::{suggest, Diagnostic, FileId, Label, Sources, Span};
 use crate::hir::*;
 use crate::syntax;
+use circ_runtime::episodes::MetaConfig;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Loads the text of an imported file: `(importer's name, import string)` to
@@ -2683,7 +2684,7 @@ impl Resolver<'_> {
                 }
                 key if META_KEYS.contains(&key) => {
                     let Some(value) = self.const_eval(v, env).map(|c| c.as_f64()) else { continue };
-                    let meta = x.meta.get_or_insert_with(MetaLearning::default);
+                    let meta = x.meta.get_or_insert_with(MetaConfig::default);
                     if let Err(why) = set_meta_key(meta, key, value) {
                         let d = Diagnostic::error("circ::experiment::range", v.span, format!("`{key}` {why}, found {value}"))
                             .label("out of range")
@@ -2880,7 +2881,7 @@ fn size_and_depth(e: &Expr) -> (usize, usize) {
 }
 
 /// Sets one meta-learning setting, or says what range it needs.
-fn set_meta_key(m: &mut MetaLearning, key: &str, v: f64) -> Result<(), &'static str> {
+fn set_meta_key(m: &mut MetaConfig, key: &str, v: f64) -> Result<(), &'static str> {
     let count = |min: f64| if v.fract() == 0.0 && v >= min && v < 1e9 { Ok(v as usize) } else { Err("must be a whole number") };
     match key {
         "episodes" => m.episodes = count(1.0).map_err(|_| "must be a positive whole number")?,

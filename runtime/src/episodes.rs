@@ -66,6 +66,24 @@ pub struct MetaConfig {
     pub es_sigma: f64,
 }
 
+impl Default for MetaConfig {
+    /// The paper's settings (5-way, 50 + 10 samples per class, Adam 1e-3, no L1), exact
+    /// gradients; `episodes` 0 until the experiment sets it.
+    fn default() -> Self {
+        MetaConfig {
+            episodes: 0,
+            ways: 5,
+            shots: 50,
+            queries: 10,
+            meta_lr: 1e-3,
+            meta_l1: 0.0,
+            eval_episodes: 20,
+            es_population: 0,
+            es_sigma: 1e-3,
+        }
+    }
+}
+
 /// One meta-param: its buffer and the buffer of the meta-loss tangent ∂loss/∂θ (none when
 /// the program was compiled for evolution strategies).
 #[derive(Clone, Debug)]

@@ -434,27 +434,22 @@ impl<'a> Backward<'a> {
                                 .help("assign the noise to a per-neuron variable first (`h.noise = sigma * randn()`) and use that");
                             self.diags.push(d);
                         }
-                        if let Some(prev) = here.insert(*target, s.span) {
-                            let d = Diagnostic::error(
+                        // Twice in one pass of a loop, or twice in the straight-line phases.
+                        let twice = |prev: Span| {
+                            Diagnostic::error(
                                 "circ::grad::unsupported",
                                 s.span,
                                 format!("grad() through `{}`, which is assigned twice, is not supported yet", c.target_name(*target)),
                             )
                             .label("second assignment")
                             .with(prev, "first assignment")
-                            .help("compute the value into a new variable instead of overwriting it");
-                            self.diags.push(d);
+                            .help("compute the value into a new variable instead of overwriting it")
+                        };
+                        if let Some(prev) = here.insert(*target, s.span) {
+                            self.diags.push(twice(prev));
                         } else if !in_loop {
                             if let Some(prev) = assigned.insert(*target, s.span) {
-                                let d = Diagnostic::error(
-                                    "circ::grad::unsupported",
-                                    s.span,
-                                    format!("grad() through `{}`, which is assigned twice, is not supported yet", c.target_name(*target)),
-                                )
-                                .label("second assignment")
-                                .with(prev, "first assignment")
-                                .help("compute the value into a new variable instead of overwriting it");
-                                self.diags.push(d);
+                                self.diags.push(twice(prev));
                             } else if *op != AssignOp::Set {
                                 let d = Diagnostic::error(
                                     "circ::grad::unsupported",

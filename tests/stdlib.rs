@@ -8,26 +8,10 @@
 
 mod common;
 
-use circ_compiler::frontend;
-use circ_compiler::pipeline::{self, EngineKind};
-use circ_compiler::resolve::parse_override;
-use circ_runtime::driver::{self, RunConfig};
-use circ_runtime::state::State;
-
-/// Compiles a stdlib program with overrides, trains it on the first `limit` training images
-/// for `epochs` epochs (seed 0), returns (test accuracy, test loss).
+/// Trains a stdlib program with overrides on the first `limit` training images for `epochs`
+/// epochs (seed 0), returns (test accuracy, test loss).
 fn smoke(file: &str, sets: &[&str], batch: usize, epochs: usize, limit: usize) -> (f64, f64) {
-    let dir = common::mnist_dir(file).expect("checked by the caller");
-    let ov: Vec<_> = sets.iter().map(|s| parse_override(s).unwrap()).collect();
-    let fe = frontend::load_file(&common::root().join(file), &ov).unwrap();
-    let c = fe.ok().unwrap_or_else(|| panic!("{file} does not check"));
-    let p = pipeline::lower(c, batch).unwrap();
-    let info = pipeline::run_info(&p, &fe.sources);
-    let data = circ_runtime::catalog::load("mnist", Some(&dir), 0).unwrap();
-    let mut state = State::new(&p.buffers, batch.max(1000), p.precision, 0);
-    let mut engine = pipeline::engine(p, EngineKind::Jit).unwrap();
-    let cfg = RunConfig { epochs, batch, eval_batch: 1000, seed: 0, limit: Some(limit), loss: pipeline::loss(c), ..RunConfig::default() };
-    let r = driver::train(engine.as_mut(), &mut state, &info, Some(&data), &cfg).unwrap();
+    let r = common::train_mnist(file, sets, batch, epochs, Some(limit), true);
     eprintln!("{file} {sets:?} batch {batch}, {epochs} epoch(s) on {limit} images: test accuracy {:.4}", r.test_acc);
     (r.test_acc, r.test_loss)
 }

@@ -286,3 +286,28 @@ fn an_ode_circuit_meta_learns_by_evolution_strategies_and_refuses_gradients() {
     assert!(eta.is_finite() && eta != 0.05, "eta stayed at {eta}");
     assert!(out.test_acc > 0.6, "meta-test accuracy {} on 2-way moons", out.test_acc);
 }
+
+#[test]
+fn meta_learning_without_meta_params_a_loss_or_enough_samples_is_a_clear_error() {
+    let codes = |text: &str| -> Vec<String> {
+        let fe = frontend::load_source("m.circ", text, &[]);
+        let c = fe.ok().unwrap_or_else(|| panic!("{:?}", fe.diags));
+        match pipeline::lower(c, 1) {
+            Ok(_) => Vec::new(),
+            Err(d) => d.iter().map(|d| d.code.to_string()).collect(),
+        }
+    };
+    let no_meta = ODE_META.replace("meta eta = 0.05", "param eta = 0.05");
+    assert_eq!(codes(&no_meta), ["circ::meta::no_params"]);
+    let no_target = ODE_META.replace("target y[2] at o\n", "").replace("o.e = y - softmax(o.v)", "o.e = -softmax(o.v)");
+    assert_eq!(codes(&no_target), ["circ::meta::no_loss"]);
+
+    // 2-way tasks need 2 classes with shots + queries samples each in both splits.
+    let fe = frontend::load_source("ode_meta.circ", ODE_META, &[parse_override("shots=100000").unwrap()]);
+    let c = fe.ok().unwrap();
+    let data = circ_runtime::catalog::load("moons", None, 0).unwrap();
+    let mut run = build(&fe, 0);
+    let cfg = RunConfig { meta: c.experiment.meta.clone(), ..RunConfig::default() };
+    let err = driver::train(run.engine.as_mut(), &mut run.state, &run.info, Some(&data), &cfg).err().map(|e| e.to_string());
+    assert!(err.as_deref().is_some_and(|e| e.contains("2-way task needs 2 classes")), "{err:?}");
+}

@@ -5,7 +5,7 @@ use circ_compiler::diag::{render, Diagnostic};
 use circ_compiler::frontend;
 use circ_compiler::pipeline::{self, EngineKind};
 use circ_runtime::driver::{self, RunConfig};
-use circ_runtime::state::{bytes_needed, State};
+use circ_runtime::state::{bytes_needed, history_bytes, State};
 use circ_runtime::{catalog, metrics, resources};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -73,7 +73,8 @@ pub fn run(a: RunArgs) -> i32 {
         Ok(m) => m,
         Err(e) => return fail(&e),
     };
-    if let Err(e) = resources::check(bytes_needed(&specs, max_batch, precision), max) {
+    let (need, history) = (bytes_needed(&specs, max_batch, precision), history_bytes(&specs, max_batch, precision));
+    if let Err(e) = resources::check(need, history, max) {
         return fail(&e);
     }
     let kind = match a.engine {

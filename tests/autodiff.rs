@@ -256,3 +256,115 @@ fn forward_and_reverse_mode_agree_on_the_same_loss() {
     let rel = (forward - reverse).abs() / forward.abs();
     assert!(rel < 1e-9, "forward mode {forward} vs reverse mode {reverse} (relative difference {rel:.1e})");
 }
+
+/// A longer recurrent circuit for checkpointed backpropagation through time: two recurrent
+/// layers (the second reads the first), a state carried across steps, a signal updated
+/// every iteration, and a loss on every iteration's output.
+const LONG_RNN: &str = "circuit long_rnn locality nonlocal\nprecision f64\nparam lr = 0.1\nparam T: int = 23\n\
+    input x[3]\npop h[5] { state s, a }\npop g[4] { state s, a }\npop o[2] { q }\ntarget y[2] at o\nsignal L\n\
+    path Win: x -> h init normal(0, 0.5) plastic\npath Wrec: h -> h init normal(0, 0.4) plastic\n\
+    path V: h -> g init normal(0, 0.5) plastic\npath Grec: g -> g init normal(0, 0.4) plastic\n\
+    path Wout: g -> o init normal(0, 0.5) plastic\n\
+    phase reset {\n  L = 0\n}\n\
+    phase run repeat T {\n  h.a = Win(x) + Wrec(h.s)\n  h.s = tanh(h.a)\n  g.a = V(h.s) + Grec(g.s)\n  g.s = tanh(g.a)\n  o.q = Wout(g.s)\n  L = L + sum((o.q - y) * (o.q - y))\n}\n\
+    plasticity sum {\n  Win.w -= lr * grad(L, Win.w)\n  Wrec.w -= lr * grad(L, Wrec.w)\n  V.w -= lr * grad(L, V.w)\n  Grec.w -= lr * grad(L, Grec.w)\n  Wout.w -= lr * grad(L, Wout.w)\n}\n\
+    experiment { data = none }\n";
+
+/// Runs `steps` training steps of LONG_RNN with `bptt_checkpoint = every` (0: store all) on
+/// engine `kind`; returns the state and the history rows the program allocates per sample
+/// and neuron.
+fn run_checkpointed(every: usize, kind: EngineKind, nb: usize, steps: u64) -> (State, usize) {
+    let set = [parse_override(&format!("bptt_checkpoint={every}")).unwrap()];
+    let fe = frontend::load_source("long_rnn.circ", LONG_RNN, &set);
+    let c = fe.ok().unwrap_or_else(|| panic!("{:?}", fe.diags));
+    let p = pipeline::lower(c, nb).unwrap_or_else(|d| panic!("{d:?}"));
+    let history: usize = p
+        .buffers
+        .iter()
+        .filter_map(|b| match b.rows {
+            circ_runtime::state::Rows::History(t) => Some(t * b.cols),
+            _ => None,
+        })
+        .sum();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let x: Vec<f64> = (0..3 * nb).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let y: Vec<f64> = (0..2 * nb).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let mut state = State::new(&p.buffers, nb, p.precision, 4);
+    let (input, target) = (p.input.unwrap(), p.target.unwrap());
+    let mut engine = pipeline::engine(p, kind).unwrap();
+    let mut ctx = StepCtx { seed: 2, step: 0, iter: 0 };
+    engine.run(EntryKind::Init, &mut state, nb, &ctx);
+    for step in 0..steps {
+        ctx.step = step;
+        state.set_f64(input, &x);
+        state.set_f64(target, &y);
+        engine.run(EntryKind::Train, &mut state, nb, &ctx);
+    }
+    (state, history)
+}
+
+#[test]
+fn checkpointed_backpropagation_through_time_gives_the_stored_gradient() {
+    for kind in [EngineKind::Jit, EngineKind::Interp] {
+        for nb in [1, 3] {
+            let (full, full_rows) = run_checkpointed(0, kind, nb, 3);
+            // 23 iterations: segments of 1, of 5 (the last has 3), of 22 (then 1), and a
+            // setting longer than the loop (no checkpoints).
+            for every in [1, 5, 22, 40] {
+                let (ck, rows) = run_checkpointed(every, kind, nb, 3);
+                if every < 23 {
+                    assert!(rows < full_rows, "every {every}: {rows} history rows, not fewer than {full_rows}");
+                }
+                // Weights after three steps (each step's gradient reads the state the last
+                // left), the carried state and the loss signal: the same up to rounding (the
+                // gradient is summed segment by segment instead of in one product).
+                for name in ["Win.w", "Wrec.w", "V.w", "Grec.w", "Wout.w", "h.s", "g.s", "o.q", "L"] {
+                    let (a, b) = (full.get(full.find(name).unwrap()), ck.get(ck.find(name).unwrap()));
+                    for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+                        let err = (p - q).abs() / p.abs().max(1e-3);
+                        assert!(err < 1e-10, "{kind:?} nb {nb} every {every}: {name}[{i}] {p} stored vs {q} checkpointed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn checkpointed_backpropagation_through_time_matches_finite_differences() {
+    let text = RNN.replace("data = none", "data = none  bptt_checkpoint = 2");
+    for seed in 0..3 {
+        check_against_fd(&text, &["Wout", "Wrec", "Win"], seed);
+    }
+}
+
+/// RNN variants in which a per-sample scalar (a signal) computed from the population scales
+/// its recurrent input: (a) inside the loop, assigned before it is read; (b) carried from the
+/// previous iteration; (c) in a plain phase (a network without the loop).
+fn signal_variants() -> [(String, &'static [&'static str]); 3] {
+    let with_m = RNN.replace("signal L\n", "signal L\nsignal m\n");
+    let a = with_m.replace("  h.a = Win(x) + Wrec(h.s)\n", "  m = mean(h.s) + 1\n  h.a = Win(x) + m * Wrec(h.s)\n");
+    let b = with_m
+        .replace("  h.a = Win(x) + Wrec(h.s)\n", "  h.a = Win(x) + m * Wrec(h.s)\n")
+        .replace("  o.q = Wout(h.s)\n", "  o.q = Wout(h.s)\n  m = mean(h.s) + 1\n")
+        .replace("  L = 0\n", "  L = 0\n  m = 1\n");
+    let c = with_m
+        .replace("repeat T ", "")
+        .replace("{ state s, a }", "{ state s, a, b }")
+        .replace("  h.s = 0\n  L = 0\n", "  h.b = 0.5\n")
+        .replace("  h.a = Win(x) + Wrec(h.s)\n", "  m = mean(h.b) + 1\n  h.a = Win(x) + m * Wrec(h.b)\n")
+        .replace("L = L + sum", "L = sum");
+    [(a, &["Wout", "Wrec", "Win"]), (b, &["Wout", "Wrec", "Win"]), (c, &["Wout", "Win"])]
+}
+
+#[test]
+fn gradients_through_signals_match_finite_differences() {
+    for (i, (text, paths)) in signal_variants().into_iter().enumerate() {
+        for seed in 0..2 {
+            check_against_fd(&text, paths, seed);
+            if i < 2 {
+                check_against_fd(&text.replace("data = none", "data = none  bptt_checkpoint = 2"), paths, seed);
+            }
+        }
+    }
+}

@@ -39,3 +39,27 @@ fn jit_and_interpreter_agree_on_random_circuits() {
     assert!(clean >= 200, "only {clean} of 256 generated programs checked clean");
     assert!(compared >= 150, "only {compared} programs were compared in full");
 }
+
+/// Programs on which the engines once disagreed (tests/differential/*.circ, each with a
+/// `// batch: N` header): JIT and interpreter must agree on every buffer, every step.
+#[test]
+fn jit_and_interpreter_agree_on_past_disagreements() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/differential");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(!files.is_empty());
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let batch = text
+            .lines()
+            .find_map(|l| l.strip_prefix("// batch: "))
+            .and_then(|b| b.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{}: no `// batch: N` header", f.display()));
+        let before = differential::COMPARED.load(Relaxed) + differential::OVERFLOWED.load(Relaxed);
+        if std::panic::catch_unwind(|| differential::run_text(&text, batch)).is_err() {
+            panic!("{}: the engines disagree", f.display());
+        }
+        let after = differential::COMPARED.load(Relaxed) + differential::OVERFLOWED.load(Relaxed);
+        assert!(after > before, "{}: not compared (does it still check clean?)", f.display());
+    }
+}

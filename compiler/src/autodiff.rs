@@ -16,6 +16,7 @@
 //!   diagnostic at the statement (`circ::grad::unsupported`), never differentiated wrongly.
 
 use crate::ast::{AssignOp, BinOp, UnOp};
+use crate::check::{space_of, Ctx};
 use crate::diag::{Diagnostic, Span};
 use crate::hir::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -64,6 +65,7 @@ pub fn expand(c: &Circuit) -> Result<Circuit, Vec<Diagnostic>> {
     for m in &mut out.monitors {
         replace(&mut m.expr);
     }
+    prune_histories(&mut out);
     Ok(out)
 }
 
@@ -106,19 +108,67 @@ fn replace_grads(c: &Circuit, e: &mut Expr, rewrites: &HashMap<(String, PathId, 
             return;
         }
     }
-    match &mut e.kind {
-        ExprKind::Transmit { arg, .. }
-        | ExprKind::Unary { arg, .. }
-        | ExprKind::Reduce { arg, .. }
-        | ExprKind::Softmax(arg)
-        | ExprKind::BatchMean(arg) => replace_grads(c, arg, rewrites),
-        ExprKind::Binary { lhs, rhs, .. } | ExprKind::CrossEntropy { logits: lhs, target: rhs } | ExprKind::Angle(lhs, rhs) => {
-            replace_grads(c, lhs, rewrites);
-            replace_grads(c, rhs, rewrites);
+    e.for_each_child_mut(&mut |x| replace_grads(c, x, rewrites));
+}
+
+/// Every statement of the output circuit's phases (with their segment plans) and
+/// plasticity, to change.
+fn all_stmts_mut(c: &mut Circuit, f: &mut dyn FnMut(&mut Vec<Stmt>)) {
+    for ph in &mut c.phases {
+        f(&mut ph.body);
+        if let Some(plan) = &mut ph.segments {
+            f(&mut plan.head);
+            f(&mut plan.replay);
         }
-        ExprKind::Call { args, .. } => args.iter_mut().for_each(|a| replace_grads(c, a, rewrites)),
-        _ => {}
     }
+    for pl in &mut c.plasticity {
+        for b in &mut pl.body {
+            f(&mut b.stmts);
+        }
+    }
+}
+
+/// Drops the histories that no statement or monitor reads (a loss summed over the loop
+/// is assigned in it, but its values are never needed backwards): their recording statements
+/// and their buffers. Histories are renumbered.
+fn prune_histories(c: &mut Circuit) {
+    let mut read = vec![false; c.histories.len()];
+    let mut mark = |e: &mut Expr| {
+        e.walk(&mut |x| {
+            if let ExprKind::Hist { hist, .. } = x.kind {
+                read[hist] = true;
+            }
+        })
+    };
+    all_stmts_mut(c, &mut |stmts| stmts.iter_mut().for_each(|s| stmt_exprs_mut(s, &mut mark)));
+    c.monitors.iter_mut().for_each(|m| mark(&mut m.expr));
+    let mut renumber = vec![usize::MAX; read.len()];
+    let mut kept = Vec::new();
+    for (h, hist) in std::mem::take(&mut c.histories).into_iter().enumerate() {
+        if read[h] {
+            renumber[h] = kept.len();
+            kept.push(hist);
+        }
+    }
+    c.histories = kept;
+    let mut rename = |e: &mut Expr| renumber_hists(e, &renumber);
+    all_stmts_mut(c, &mut |stmts| {
+        stmts.retain(|s| !matches!(s.kind, StmtKind::Assign { target: Target::Hist(h), .. } if !read[h]));
+        for s in stmts.iter_mut() {
+            if let StmtKind::Assign { target: Target::Hist(h), .. } = &mut s.kind {
+                *h = renumber[*h];
+            }
+            stmt_exprs_mut(s, &mut rename);
+        }
+    });
+    c.monitors.iter_mut().for_each(|m| rename(&mut m.expr));
+}
+
+fn renumber_hists(e: &mut Expr, renumber: &[usize]) {
+    if let ExprKind::Hist { hist, .. } = &mut e.kind {
+        *hist = renumber[*hist];
+    }
+    e.for_each_child_mut(&mut |x| renumber_hists(x, renumber));
 }
 
 fn stmt_exprs_mut(s: &mut Stmt, f: &mut dyn FnMut(&mut Expr)) {
@@ -305,14 +355,17 @@ struct Backward<'a> {
     diags: Vec<Diagnostic>,
 }
 
-/// A run of backward statements: a plain phase, or a loop over `repeat` iterations backwards.
+/// A run of backward statements: a plain phase, or a loop over `repeat` iterations backwards
+/// (in checkpointed segments when `plan` is set).
 struct Segment {
     repeat: usize,
     stmts: Vec<Stmt>,
+    plan: Option<SegmentPlan>,
 }
 
 /// The state of the reverse sweep through one iteration of a time loop.
 struct LoopCtx {
+    /// Iterations each history holds: the loop's length, or a checkpoint segment's.
     len: usize,
     /// Where the statement being differentiated reads each loop variable from: the history
     /// of its value after this iteration's assignment, or at the iteration's start.
@@ -350,7 +403,7 @@ impl<'a> Backward<'a> {
             k,
             span: loss.span,
             pending: HashMap::new(),
-            segments: vec![Segment { repeat: 1, stmts: Vec::new() }],
+            segments: vec![Segment { repeat: 1, stmts: Vec::new(), plan: None }],
             weight_terms: HashMap::new(),
             wanted,
             looping: None,
@@ -385,7 +438,14 @@ impl<'a> Backward<'a> {
                 continue;
             }
             let name = format!("__grad_{k}_{si}");
-            b.out.phases.push(Phase { name, repeat: seg.repeat, reverse: seg.repeat > 1, body: seg.stmts, span: loss.span });
+            b.out.phases.push(Phase {
+                name,
+                repeat: seg.repeat,
+                reverse: seg.repeat > 1,
+                body: seg.stmts,
+                segments: seg.plan,
+                span: loss.span,
+            });
         }
         // ∂L/∂v = Σ post ⊗ pre, times ∂(effective weight)/∂v.
         let mut result = Vec::new();
@@ -491,10 +551,20 @@ impl<'a> Backward<'a> {
     /// pass needs into histories during the forward loop, and emits a loop that runs the
     /// iterations backwards, carrying the adjoints of loop-carried variables from one
     /// iteration to the one before.
+    ///
+    /// With `bptt_checkpoint = K` (K < the loop's length) the histories hold K iterations:
+    /// the forward loop saves its carried state at the start of every K-iteration segment
+    /// and records nothing; the backward loop takes the segments last first, restores the
+    /// segment's state, replays its K forward iterations with the recording statements, then
+    /// runs them backwards. Memory: (T/K + K) iterations of state instead of T; time: one
+    /// more forward pass. The replay recomputes the same values exactly (grad() refuses
+    /// random draws inside time loops), so the gradient is the stored one's.
     fn loop_backward(&mut self, pi: usize) {
         let c = self.c;
         let ph = &c.phases[pi];
         let len = ph.repeat;
+        let every = c.experiment.bptt_checkpoint.filter(|&k| k < len);
+        let rows = every.unwrap_or(len);
         let body: Vec<&Stmt> = ph.body.iter().collect();
         // Which node each statement assigns, and where in the body.
         let assigns: Vec<Option<Node>> =
@@ -503,7 +573,7 @@ impl<'a> Backward<'a> {
         // of each sum must not depend on hashing, or runs would not be reproducible.
         let in_loop: BTreeSet<Node> = assigns.iter().flatten().copied().collect();
         let mut lc = LoopCtx {
-            len,
+            len: rows,
             values: HashMap::new(),
             earlier: HashSet::new(),
             carries: BTreeMap::new(),
@@ -517,10 +587,10 @@ impl<'a> Backward<'a> {
         // Record every neuron variable the loop assigns (after its assignment) and, for those
         // read before their assignment, at the start of each iteration.
         for (k, n) in assigns.iter().enumerate() {
-            if let Some(Node::Var(pop, var)) = n {
-                let h = self.new_history_len(*pop, "out", len);
-                lc.hist_out.insert(Node::Var(*pop, *var), h);
-                lc.record.push((k + 1, record_stmt(h, *pop, *var, self.span)));
+            if let Some(n) = *n {
+                let h = self.new_history_len(node_pop(n), "out", rows);
+                lc.hist_out.insert(n, h);
+                lc.record.push((k + 1, record_stmt(h, n, self.span)));
             }
         }
         for (k, s) in body.iter().enumerate() {
@@ -529,11 +599,11 @@ impl<'a> Backward<'a> {
             for n in reads {
                 let later = assigns.iter().skip(k).flatten().any(|x| *x == n);
                 let before = assigns.iter().take(k).flatten().any(|x| *x == n);
-                if let (Node::Var(pop, var), true, false) = (n, later, before) {
+                if later && !before {
                     if let std::collections::btree_map::Entry::Vacant(e) = lc.hist_in.entry(n) {
-                        let h = self.new_history_len(pop, "in", len);
+                        let h = self.new_history_len(node_pop(n), "in", rows);
                         e.insert(h);
-                        lc.record.push((0, record_stmt(h, pop, var, self.span)));
+                        lc.record.push((0, record_stmt(h, n, self.span)));
                     }
                 }
             }
@@ -570,7 +640,7 @@ impl<'a> Backward<'a> {
             }
         }
         // The loop body, backwards.
-        self.segments.push(Segment { repeat: len, stmts: Vec::new() });
+        self.segments.push(Segment { repeat: len, stmts: Vec::new(), plan: None });
         self.looping = Some(lc);
         for k in (0..body.len()).rev() {
             let StmtKind::Assign { target, op, value } = &body[k].kind else { continue };
@@ -615,7 +685,7 @@ impl<'a> Backward<'a> {
             self.back(&value, adj);
         }
         let lc = self.looping.take().expect("in a loop");
-        self.segments.push(Segment { repeat: 1, stmts: Vec::new() });
+        self.segments.push(Segment { repeat: 1, stmts: Vec::new(), plan: None });
         // After the loop (earlier in the forward program): what reached the loop's starting
         // values and the loop-invariant neurons.
         for (n, carry) in lc.carries {
@@ -624,16 +694,57 @@ impl<'a> Backward<'a> {
         for (n, acc) in lc.accs {
             self.pending.entry(n).or_default().push(acc);
         }
-        // Insert the recording statements into the forward loop.
-        let body = &mut self.out.phases[pi].body;
+        // Insert the recording statements into the forward loop, or into its replay.
+        let mut recording = c.phases[pi].body.clone();
         let mut record = lc.record;
         record.sort_by_key(|(k, _)| std::cmp::Reverse(*k));
         for (k, st) in record {
-            body.insert(k, st);
+            recording.insert(k, st);
+        }
+        let Some(every) = every else {
+            self.out.phases[pi].body = recording;
+            return;
+        };
+        self.checkpoint(pi, every, recording, &lc.hist_in, &in_loop);
+    }
+
+    /// Turns the time loop of phase `pi` and the backward loop just emitted (the segment
+    /// before last) into segments of `every` iterations (see [`Backward::loop_backward`]).
+    fn checkpoint(&mut self, pi: usize, every: usize, recording: Vec<Stmt>, carried: &BTreeMap<Node, usize>, in_loop: &BTreeSet<Node>) {
+        let (span, len) = (self.span, self.c.phases[pi].repeat);
+        let segments = len.div_ceil(every);
+        // The state a segment starts from: every variable an iteration reads before it
+        // assigns it. One checkpoint per segment, indexed by the segment in `head`.
+        let (mut save, mut restore) = (Vec::new(), Vec::new());
+        for &n in carried.keys() {
+            let h = self.new_history_len(node_pop(n), "ckpt", segments);
+            save.push(record_stmt(h, n, span));
+            let at = Expr { kind: ExprKind::Hist { hist: h, role: Role::Direct }, span };
+            restore.push(assign(target_of(&Expr { kind: node_expr(n), span }), at, span));
+        }
+        // The forward loop saves checkpoints (several losses through one loop share the plan:
+        // each adds its own checkpoints).
+        let fwd = &mut self.out.phases[pi];
+        match &mut fwd.segments {
+            Some(plan) => plan.head.extend(save),
+            None => fwd.segments = Some(SegmentPlan { len: every, head: save, replay: Vec::new() }),
+        }
+        let n = self.segments.len();
+        self.segments[n - 2].plan = Some(SegmentPlan { len: every, head: restore, replay: recording });
+        // The replays overwrite the loop's variables: keep their final values around the
+        // backward loop (plasticity, monitors and the next step read them).
+        for &node in in_loop {
+            let kept = match node {
+                Node::Var(pop, _) => Expr { kind: ExprKind::Var { pop, var: self.new_var(pop, "final"), role: Role::Direct }, span },
+                Node::Signal(_) => Expr { kind: ExprKind::Signal(self.new_signal("final")), span },
+            };
+            let now = Expr { kind: node_expr(node), span };
+            self.segments[n - 3].stmts.push(assign(target_of(&kept), now.clone(), span));
+            self.segments[n - 1].stmts.push(assign(target_of(&now), kept, span));
         }
     }
 
-    fn new_history_len(&mut self, pop: PopId, what: &str, len: usize) -> usize {
+    fn new_history_len(&mut self, pop: Option<PopId>, what: &str, len: usize) -> usize {
         let name = self.fresh_name(&format!("hist_{what}"));
         self.out.histories.push(History { name, pop, len });
         self.out.histories.len() - 1
@@ -739,7 +850,7 @@ impl<'a> Backward<'a> {
                 ExprKind::Transmit { path, transpose, .. } => {
                     found = Some(if *transpose { c.paths[*path].pre } else { c.paths[*path].post })
                 }
-                ExprKind::Hist { hist, .. } => found = Some(hists[*hist].pop),
+                ExprKind::Hist { hist, .. } => found = hists[*hist].pop,
                 _ => {}
             }
         });
@@ -773,6 +884,14 @@ impl<'a> Backward<'a> {
         }
     }
 
+    /// `back` for an operand of an elementwise operation: a per-sample scalar combined with
+    /// a population's values (broadcast over its neurons) receives the sum of their adjoints.
+    fn back_operand(&mut self, e: &Expr, a: Expr) {
+        let scalar = |x: &Expr| matches!(space_of(self.out, x, Ctx::Neuron), Ok(Space { idx: Idx::Scalar, .. }));
+        let a = if scalar(e) && !scalar(&a) { reduce(ReduceOp::Sum, a) } else { a };
+        self.back(e, a)
+    }
+
     /// Propagates the adjoint `a` of expression `e` to the nodes it reads.
     fn back(&mut self, e: &Expr, a: Expr) {
         if is_const(&a, 0.0) {
@@ -797,29 +916,29 @@ impl<'a> Backward<'a> {
             ExprKind::Unary { op: UnOp::Not, .. } => {}
             ExprKind::Binary { op, lhs, rhs } => match op {
                 BinOp::Add => {
-                    self.back(lhs, a.clone());
-                    self.back(rhs, a);
+                    self.back_operand(lhs, a.clone());
+                    self.back_operand(rhs, a);
                 }
                 BinOp::Sub => {
-                    self.back(lhs, a.clone());
-                    self.back(rhs, neg(a));
+                    self.back_operand(lhs, a.clone());
+                    self.back_operand(rhs, neg(a));
                 }
                 BinOp::Mul => {
                     let (l, r) = (self.value(lhs), self.value(rhs));
-                    self.back(lhs, mul(a.clone(), r));
-                    self.back(rhs, mul(a, l));
+                    self.back_operand(lhs, mul(a.clone(), r));
+                    self.back_operand(rhs, mul(a, l));
                 }
                 BinOp::Div => {
                     let (l, r) = (self.value(lhs), self.value(rhs));
-                    self.back(lhs, div(a.clone(), r.clone()));
+                    self.back_operand(lhs, div(a.clone(), r.clone()));
                     let q = div(l, mul(r.clone(), r));
-                    self.back(rhs, neg(mul(a, q)));
+                    self.back_operand(rhs, neg(mul(a, q)));
                 }
                 BinOp::Pow => {
                     let args = [self.value(lhs), self.value(rhs)];
-                    self.back(lhs, mul(a.clone(), partial(Func::Pow, &args, 0, span)));
+                    self.back_operand(lhs, mul(a.clone(), partial(Func::Pow, &args, 0, span)));
                     if !matches!(rhs.kind, ExprKind::Const(_)) {
-                        self.back(rhs, mul(a, partial(Func::Pow, &args, 1, span)));
+                        self.back_operand(rhs, mul(a, partial(Func::Pow, &args, 1, span)));
                     }
                 }
                 // Comparisons and logic are piecewise constant.
@@ -829,7 +948,7 @@ impl<'a> Backward<'a> {
                 let vals: Vec<Expr> = args.iter().map(|x| self.value(x)).collect();
                 for (i, arg) in args.iter().enumerate() {
                     let d = partial(*func, &vals, i, span);
-                    self.back(arg, mul(a.clone(), d));
+                    self.back_operand(arg, mul(a.clone(), d));
                 }
             }
             ExprKind::Transmit { path, transpose, arg } => {
@@ -918,14 +1037,14 @@ impl<'a> Backward<'a> {
         let hx = match &x.kind {
             ExprKind::Hist { hist, .. } => *hist,
             _ => {
-                let h = self.new_history_len(sender, "sent", lc.len);
+                let h = self.new_history_len(Some(sender), "sent", lc.len);
                 let rec = assign(Target::Hist(h), arg.clone(), span);
                 self.looping.as_mut().expect("in a loop").record.push((at, rec));
                 h
             }
         };
         let len = self.looping.as_ref().expect("in a loop").len;
-        let ha = self.new_history_len(receiver, "adj", len);
+        let ha = self.new_history_len(Some(receiver), "adj", len);
         self.segment().push(assign(Target::Hist(ha), am.clone(), span));
         (
             Expr { kind: ExprKind::Hist { hist: ha, role: Role::Direct }, span },
@@ -963,8 +1082,16 @@ fn assign(target: Target, value: Expr, span: Span) -> Stmt {
 }
 
 /// `hist[iter] = pop.var`: records a variable's value at the current iteration.
-fn record_stmt(h: usize, pop: PopId, var: VarId, span: Span) -> Stmt {
-    assign(Target::Hist(h), Expr { kind: ExprKind::Var { pop, var, role: Role::Direct }, span }, span)
+fn record_stmt(h: usize, n: Node, span: Span) -> Stmt {
+    assign(Target::Hist(h), Expr { kind: node_expr(n), span }, span)
+}
+
+/// The population a node's values live on (`None` for a signal).
+fn node_pop(n: Node) -> Option<PopId> {
+    match n {
+        Node::Var(pop, _) => Some(pop),
+        Node::Signal(_) => None,
+    }
 }
 
 /// The neuron variables and signals a statement reads.
@@ -1002,19 +1129,7 @@ fn substitute(e: &mut Expr, values: &HashMap<Node, Expr>) {
         *e = v.clone();
         return;
     }
-    match &mut e.kind {
-        ExprKind::Transmit { arg, .. }
-        | ExprKind::Unary { arg, .. }
-        | ExprKind::Reduce { arg, .. }
-        | ExprKind::Softmax(arg)
-        | ExprKind::BatchMean(arg) => substitute(arg, values),
-        ExprKind::Binary { lhs, rhs, .. } | ExprKind::CrossEntropy { logits: lhs, target: rhs } | ExprKind::Angle(lhs, rhs) => {
-            substitute(lhs, values);
-            substitute(rhs, values);
-        }
-        ExprKind::Call { args, .. } => args.iter_mut().for_each(|a| substitute(a, values)),
-        _ => {}
-    }
+    e.for_each_child_mut(&mut |x| substitute(x, values));
 }
 
 /// Re-labels the neuron variable (or history) of a factor with its role in the pathway's rule.

@@ -258,7 +258,12 @@ struct Gen<'a, 'm> {
     nb: Value,
     seed: Value,
     step: Value,
+    /// The loop-wide iteration (the source's `t / dt`, random streams).
     iter: Variable,
+    /// The history index: the innermost loop's iteration, or the segment in `Segments`.
+    hist: Variable,
+    /// Inside `Segments`: the segment's first iteration and its number of iterations.
+    segment: Option<(Value, Value)>,
     inv_nb: Value,
     /// Buffers some kernel of this entry writes. Only the others are loaded as read-only
     /// (`readonly + can_move`): that flag lets Cranelift hoist or merge a load anywhere in the
@@ -295,7 +300,9 @@ fn writes_bufs(k: &Kernel, out: &mut HashSet<BufId>) {
         Kernel::Copy { dst, .. } => {
             out.insert(*dst);
         }
-        Kernel::Loop { body, .. } | Kernel::Every { body, .. } => body.iter().for_each(|k| writes_bufs(k, out)),
+        Kernel::Loop { body, .. } | Kernel::Segments { body, .. } | Kernel::Every { body, .. } => {
+            body.iter().for_each(|k| writes_bufs(k, out))
+        }
     }
 }
 
@@ -325,7 +332,9 @@ fn uses_bufs(k: &Kernel, out: &mut HashSet<BufId>) {
         Kernel::Outer { out: o, p, q, .. } => out.extend([*o, *p, *q]),
         Kernel::BatchSum { out: o, src, .. } => out.extend([*o, *src]),
         Kernel::Copy { dst, src, .. } => out.extend([*dst, *src]),
-        Kernel::Loop { body, .. } | Kernel::Every { body, .. } => body.iter().for_each(|k| uses_bufs(k, out)),
+        Kernel::Loop { body, .. } | Kernel::Segments { body, .. } | Kernel::Every { body, .. } => {
+            body.iter().for_each(|k| uses_bufs(k, out))
+        }
     }
 }
 
@@ -351,6 +360,8 @@ impl<'a, 'm> Gen<'a, 'm> {
             seed: dummy,
             step: dummy,
             iter: Variable::from_u32(0),
+            hist: Variable::from_u32(0),
+            segment: None,
             inv_nb: dummy,
             written: HashSet::new(),
             histories: p
@@ -402,6 +413,9 @@ impl<'a, 'm> Gen<'a, 'm> {
         let iter0 = self.b.ins().load(types::I64, Self::ro(), self.ctx_ptr, 16);
         self.iter = self.b.declare_var(types::I64);
         self.b.def_var(self.iter, iter0);
+        self.hist = self.b.declare_var(types::I64);
+        let zero = self.iconst(0);
+        self.b.def_var(self.hist, zero);
         let nbf = if self.ty == types::F32 {
             self.b.ins().fcvt_from_sint(types::F32, self.nb)
         } else {
@@ -467,6 +481,17 @@ impl<'a, 'm> Gen<'a, 'm> {
         self.b.switch_to_block(exit);
     }
 
+    /// Rows of a product over a history of `repeat` iterations: `repeat · nb`, or in a
+    /// segment `min(repeat, its iterations) · nb`.
+    fn history_rows(&mut self, repeat: usize) -> Value {
+        let repeat = self.iconst(repeat as i64);
+        let iters = match self.segment {
+            Some((_, n)) => self.b.ins().umin(repeat, n),
+            None => repeat,
+        };
+        self.b.ins().imul(self.nb, iters)
+    }
+
     fn iconst(&mut self, v: i64) -> Value {
         self.b.ins().iconst(types::I64, v)
     }
@@ -495,8 +520,9 @@ impl<'a, 'm> Gen<'a, 'm> {
                 self.b.ins().iadd(r, i)
             }
             (At::Map { b, i, cols }, Access::Hist) => {
-                // Row (iter · nb + b) of the history: the value recorded at this iteration.
-                let it = self.b.use_var(self.iter);
+                // Row (h · nb + b) of the history: the value recorded at this iteration (or
+                // for this segment).
+                let it = self.b.use_var(self.hist);
                 let r = self.b.ins().imul(it, self.nb);
                 let r = self.b.ins().iadd(r, b);
                 let r = self.b.ins().imul_imm_s(r, cols as i64);
@@ -1047,10 +1073,10 @@ impl<'a, 'm> Gen<'a, 'm> {
             Kernel::MatMul { out, x, w, n_out, n_in, transpose, accumulate } => {
                 self.gemm_call(*out, *x, *w, *n_out, *n_in, *transpose, *accumulate)
             }
-            Kernel::Outer { out, p, q, rows, cols, mean, repeat } => {
+            Kernel::Outer { out, p, q, rows, cols, mean, repeat, accumulate } => {
                 let scale = if *mean { self.inv_nb } else { self.fconst(1.0) };
                 // A history spans `repeat` batches of rows; the mean is still over the batch.
-                let n = self.b.ins().imul_imm_s(self.nb, *repeat as i64);
+                let n = self.history_rows(*repeat);
                 let args = [
                     self.bases[out],
                     self.bases[p],
@@ -1059,14 +1085,14 @@ impl<'a, 'm> Gen<'a, 'm> {
                     self.iconst(*rows as i64),
                     self.iconst(*cols as i64),
                     scale,
-                    self.iconst(0),
+                    self.iconst(*accumulate as i64),
                 ];
                 self.call("outer", &args);
             }
-            Kernel::BatchSum { out, src, cols, mean, repeat } => {
+            Kernel::BatchSum { out, src, cols, mean, repeat, accumulate } => {
                 let scale = if *mean { self.inv_nb } else { self.fconst(1.0) };
-                let n = self.b.ins().imul_imm_s(self.nb, *repeat as i64);
-                let args = [self.bases[out], self.bases[src], n, self.iconst(*cols as i64), scale, self.iconst(0)];
+                let n = self.history_rows(*repeat);
+                let args = [self.bases[out], self.bases[src], n, self.iconst(*cols as i64), scale, self.iconst(*accumulate as i64)];
                 self.call("batch_sum", &args);
             }
             Kernel::Copy { dst, src, len } => {
@@ -1076,24 +1102,65 @@ impl<'a, 'm> Gen<'a, 'm> {
                 self.b.call_memcpy(cfg, d, s, size);
             }
             Kernel::Loop { count, reverse, body } => {
-                let saved = self.b.use_var(self.iter);
+                let (saved_iter, saved_hist) = (self.b.use_var(self.iter), self.b.use_var(self.hist));
                 let zero = self.iconst(0);
-                let end = self.iconst(*count as i64);
-                let (count, reverse) = (*count as i64, *reverse);
+                let count = self.iconst(*count as i64);
+                // In a segment: its iterations (at most `count`), numbered from its base.
+                let (base, end) = match self.segment {
+                    Some((base, n)) => (Some(base), self.b.ins().umin(count, n)),
+                    None => (None, count),
+                };
+                let reverse = *reverse;
                 self.for_loop(zero, end, 1, &mut |g, it| {
-                    // A backward loop counts its iterations down: count − 1 − it.
-                    let it = if reverse {
-                        let last = g.iconst(count - 1);
+                    // A backward loop counts its iterations down: end − 1 − it.
+                    let j = if reverse {
+                        let last = g.b.ins().iadd_imm_s(end, -1);
                         g.b.ins().isub(last, it)
                     } else {
                         it
                     };
-                    g.b.def_var(g.iter, it);
+                    let iter = match base {
+                        Some(base) => g.b.ins().iadd(base, j),
+                        None => j,
+                    };
+                    g.b.def_var(g.iter, iter);
+                    g.b.def_var(g.hist, j);
                     for k in body {
                         g.kernel(k);
                     }
                 });
-                self.b.def_var(self.iter, saved);
+                self.b.def_var(self.iter, saved_iter);
+                self.b.def_var(self.hist, saved_hist);
+            }
+            Kernel::Segments { total, len, reverse, body } => {
+                let (saved_iter, saved_hist) = (self.b.use_var(self.iter), self.b.use_var(self.hist));
+                let (total, len, reverse) = (*total as i64, *len as i64, *reverse);
+                let m = (total + len - 1) / len;
+                let zero = self.iconst(0);
+                let end = self.iconst(m);
+                self.for_loop(zero, end, 1, &mut |g, k| {
+                    // Segment s (last first when reversed) covers [s·len, min(s·len + len, total)).
+                    let s = if reverse {
+                        let last = g.iconst(m - 1);
+                        g.b.ins().isub(last, k)
+                    } else {
+                        k
+                    };
+                    let base = g.b.ins().imul_imm_s(s, len);
+                    let total = g.iconst(total);
+                    let rest = g.b.ins().isub(total, base);
+                    let len = g.iconst(len);
+                    let n = g.b.ins().umin(rest, len);
+                    g.b.def_var(g.iter, base);
+                    g.b.def_var(g.hist, s);
+                    g.segment = Some((base, n));
+                    for k in body {
+                        g.kernel(k);
+                    }
+                    g.segment = None;
+                });
+                self.b.def_var(self.iter, saved_iter);
+                self.b.def_var(self.hist, saved_hist);
             }
             Kernel::Every { every, body } => {
                 let s1 = self.b.ins().iadd_imm_s(self.step, 1);

@@ -530,6 +530,20 @@ impl Expr {
             _ => {}
         }
     }
+    /// Visits the direct sub-expressions, to change them.
+    pub fn for_each_child_mut(&mut self, f: &mut dyn FnMut(&mut Expr)) {
+        match &mut self.kind {
+            ExprKind::Transmit { arg, .. } | ExprKind::Unary { arg, .. } | ExprKind::Reduce { arg, .. } => f(arg),
+            ExprKind::Softmax(a) | ExprKind::BatchMean(a) => f(a),
+            ExprKind::Binary { lhs: a, rhs: b, .. } | ExprKind::CrossEntropy { logits: a, target: b } | ExprKind::Angle(a, b) => {
+                f(a);
+                f(b);
+            }
+            ExprKind::Call { args, .. } => args.iter_mut().for_each(f),
+            ExprKind::Grad { loss, .. } => f(loss),
+            _ => {}
+        }
+    }
 }
 
 /// What a statement assigns.
@@ -548,12 +562,13 @@ pub enum Target {
     Hist(usize),
 }
 
-/// A per-iteration record of a per-neuron value through a time loop of `len` iterations,
-/// kept for backpropagation through time: `len × batch × size` values.
+/// A per-iteration record of a per-neuron value (or of a signal, `pop: None`) through a time
+/// loop of `len` iterations, kept for backpropagation through time: `len × batch × size`
+/// values.
 #[derive(Clone, Debug)]
 pub struct History {
     pub name: String,
-    pub pop: PopId,
+    pub pop: Option<PopId>,
     pub len: usize,
 }
 
@@ -596,7 +611,26 @@ pub struct Phase {
     /// backpropagation through time.
     pub reverse: bool,
     pub body: Vec<Stmt>,
+    /// Checkpointed backpropagation through time (autodiff with `bptt_checkpoint`): the
+    /// loop runs as segments; `None` for every phase the source writes.
+    pub segments: Option<SegmentPlan>,
     pub span: Span,
+}
+
+/// How a time loop runs in segments of `len` iterations (the last one may be shorter), so
+/// that backpropagation through time stores `len` iterations of history instead of all of
+/// them. Each segment runs `head` once (a history read or written there is indexed by the
+/// segment, not the iteration), then `replay` over the segment's iterations in order, then
+/// the phase's `body` over them (backwards when the phase is `reverse`, which also takes the
+/// segments last first).
+#[derive(Clone, Debug)]
+pub struct SegmentPlan {
+    pub len: usize,
+    /// Forward: save the loop-carried state into checkpoints. Backward: restore it.
+    pub head: Vec<Stmt>,
+    /// Backward only: the forward body with its recording statements, recomputing the
+    /// segment's history from the restored state.
+    pub replay: Vec<Stmt>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -660,6 +694,9 @@ pub struct Experiment {
     /// Meta-learning: when set, the run is a sequence of episodes that step the meta-params
     /// (the runtime's settings type, so the driver takes it as the resolver built it).
     pub meta: Option<MetaConfig>,
+    /// Backpropagation through time stores the loop state every this many iterations and
+    /// recomputes the rest in the backward pass (`bptt_checkpoint`; `None` or 0: store all).
+    pub bptt_checkpoint: Option<usize>,
     pub span: Span,
 }
 
@@ -678,6 +715,7 @@ impl Default for Experiment {
             steps: None,
             monitor_every: None,
             meta: None,
+            bptt_checkpoint: None,
             span: Span::default(),
         }
     }
@@ -842,10 +880,29 @@ impl fmt::Display for Circuit {
             }
         }
         for ph in &self.phases {
-            writeln!(f, "phase {}{} {{", ph.name, if ph.repeat > 1 { format!(" repeat {}", ph.repeat) } else { String::new() })?;
+            let repeat = if ph.repeat > 1 { format!(" repeat {}", ph.repeat) } else { String::new() };
+            writeln!(f, "phase {}{repeat}{} {{", ph.name, if ph.reverse { " reversed" } else { "" })?;
             let mut s = String::new();
-            for st in &ph.body {
-                self.stmt_text(st, 1, &mut s);
+            if let Some(plan) = &ph.segments {
+                // The segment structure, then the loop body at the indentation of a block.
+                s.push_str(&format!("  segments of {} {{\n", plan.len));
+                for (what, stmts) in [("head", &plan.head), ("replay", &plan.replay)] {
+                    if !stmts.is_empty() {
+                        s.push_str(&format!("    {what}:\n"));
+                        for st in stmts {
+                            self.stmt_text(st, 3, &mut s);
+                        }
+                    }
+                }
+                s.push_str("    body:\n");
+                for st in &ph.body {
+                    self.stmt_text(st, 3, &mut s);
+                }
+                s.push_str("  }\n");
+            } else {
+                for st in &ph.body {
+                    self.stmt_text(st, 1, &mut s);
+                }
             }
             writeln!(f, "{s}}}")?;
         }

@@ -67,7 +67,7 @@ impl Engine for Interp {
             EntryKind::Eval => &self.program.eval,
             EntryKind::Monitor => &self.program.monitor,
         };
-        let mut ctx = *ctx;
+        let mut ctx = Ctx { step: *ctx, hist: 0, segment: None };
         match &mut state.data {
             Data::F32(bufs) => run_entry(&self.program, e, bufs, nb, &mut ctx),
             Data::F64(bufs) => run_entry(&self.program, e, bufs, nb, &mut ctx),
@@ -75,7 +75,31 @@ impl Engine for Interp {
     }
 }
 
-fn run_entry<T: Elem>(p: &Program, e: &Entry, bufs: &mut [Vec<T>], nb: usize, ctx: &mut StepCtx) {
+/// The step context plus where the kernel being run sits in its loop nest.
+#[derive(Clone, Copy)]
+struct Ctx {
+    /// `step.iter` is the loop-wide iteration (for `t` and random streams).
+    step: StepCtx,
+    /// The history index: the innermost loop's iteration, or the segment.
+    hist: usize,
+    /// Inside `Segments`: the segment's first iteration and its number of iterations.
+    segment: Option<(usize, usize)>,
+}
+
+impl Ctx {
+    /// The iterations a product over a history of `repeat` iterations spans here.
+    fn iterations(&self, repeat: usize) -> usize {
+        self.segment.map_or(repeat, |(_, n)| n.min(repeat))
+    }
+}
+
+fn add_or_copy<T: Elem>(dst: &mut [T], src: &[T], accumulate: bool) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = if accumulate { *d + *s } else { *s };
+    }
+}
+
+fn run_entry<T: Elem>(p: &Program, e: &Entry, bufs: &mut [Vec<T>], nb: usize, ctx: &mut Ctx) {
     for k in &e.kernels {
         kernel(p, k, bufs, nb, ctx);
     }
@@ -98,7 +122,7 @@ impl Shape {
     }
 }
 
-fn kernel<T: Elem>(p: &Program, k: &Kernel, bufs: &mut [Vec<T>], nb: usize, ctx: &mut StepCtx) {
+fn kernel<T: Elem>(p: &Program, k: &Kernel, bufs: &mut [Vec<T>], nb: usize, ctx: &mut Ctx) {
     match k {
         Kernel::Map { batched, cols, stores } => {
             let shape = Shape::Map { rows: if *batched { nb } else { 1 }, cols: *cols };
@@ -132,38 +156,56 @@ fn kernel<T: Elem>(p: &Program, k: &Kernel, bufs: &mut [Vec<T>], nb: usize, ctx:
                 *d = if *accumulate { *d + *s } else { *s };
             }
         }
-        Kernel::Outer { out, p: pa, q, rows, cols, mean, repeat } => {
-            let n = nb * repeat;
+        Kernel::Outer { out, p: pa, q, rows, cols, mean, repeat, accumulate } => {
+            let n = nb * ctx.iterations(*repeat);
             let pv = ArrayView2::from_shape((n, *rows), &bufs[*pa][..n * rows]).expect("shape").to_owned();
             let qv = ArrayView2::from_shape((n, *cols), &bufs[*q][..n * cols]).expect("shape").to_owned();
             let scale = if *mean { T::one() / T::of(nb as f64) } else { T::one() };
             let mut g = Array2::<T>::zeros((*rows, *cols));
             general_mat_mul(scale, &pv.t(), &qv, T::zero(), &mut g);
-            bufs[*out][..rows * cols].copy_from_slice(g.as_slice().expect("contiguous"));
+            add_or_copy(&mut bufs[*out][..rows * cols], g.as_slice().expect("contiguous"), *accumulate);
         }
-        Kernel::BatchSum { out, src, cols, mean, repeat } => {
-            let n = nb * repeat;
+        Kernel::BatchSum { out, src, cols, mean, repeat, accumulate } => {
+            let n = nb * ctx.iterations(*repeat);
             let s = ArrayView2::from_shape((n, *cols), &bufs[*src][..n * cols]).expect("shape").to_owned();
             let scale = if *mean { T::one() / T::of(nb as f64) } else { T::one() };
             let r = s.sum_axis(NdAxis(0)).mapv(|x| x * scale);
-            bufs[*out][..*cols].copy_from_slice(r.as_slice().expect("contiguous"));
+            add_or_copy(&mut bufs[*out][..*cols], r.as_slice().expect("contiguous"), *accumulate);
         }
         Kernel::Copy { dst, src, len } => {
             let v = bufs[*src][..*len].to_vec();
             bufs[*dst][..*len].copy_from_slice(&v);
         }
         Kernel::Loop { count, reverse, body } => {
-            let saved = ctx.iter;
-            for k in 0..*count {
-                ctx.iter = if *reverse { (*count - 1 - k) as u64 } else { k as u64 };
+            let saved = *ctx;
+            let (base, n) = ctx.segment.map_or((0, *count), |(base, n)| (base, n.min(*count)));
+            for k in 0..n {
+                let j = if *reverse { n - 1 - k } else { k };
+                ctx.step.iter = (base + j) as u64;
+                ctx.hist = j;
                 for k in body {
                     kernel(p, k, bufs, nb, ctx);
                 }
             }
-            ctx.iter = saved;
+            *ctx = saved;
+        }
+        Kernel::Segments { total, len, reverse, body } => {
+            let saved = *ctx;
+            let m = total.div_ceil(*len);
+            for k in 0..m {
+                let s = if *reverse { m - 1 - k } else { k };
+                let base = s * len;
+                ctx.segment = Some((base, (*total - base).min(*len)));
+                ctx.step.iter = base as u64;
+                ctx.hist = s;
+                for k in body {
+                    kernel(p, k, bufs, nb, ctx);
+                }
+            }
+            *ctx = saved;
         }
         Kernel::Every { every, body } => {
-            if (ctx.step + 1).is_multiple_of(*every) {
+            if (ctx.step.step + 1).is_multiple_of(*every) {
                 for k in body {
                     kernel(p, k, bufs, nb, ctx);
                 }
@@ -181,7 +223,7 @@ fn reduce<T: Elem>(v: &Array2<T>, op: RedOp, axis: NdAxis) -> ndarray::Array1<T>
 }
 
 /// Runs the stores of a fused loop in order: each sees the previous ones' results.
-fn run_stores<T: Elem>(p: &Program, stores: &[Store], shape: Shape, bufs: &mut [Vec<T>], nb: usize, ctx: &StepCtx) {
+fn run_stores<T: Elem>(p: &Program, stores: &[Store], shape: Shape, bufs: &mut [Vec<T>], nb: usize, ctx: &Ctx) {
     let (rows, cols) = shape.dims();
     for s in stores {
         let v = eval(p, &s.value, shape, bufs, nb, ctx);
@@ -200,7 +242,7 @@ fn run_stores<T: Elem>(p: &Program, stores: &[Store], shape: Shape, bufs: &mut [
             None => v,
         };
         // A history records the value at the current iteration's rows.
-        let off = if is_history(p, s.out) { ctx.iter as usize * rows * cols } else { 0 };
+        let off = if is_history(p, s.out) { ctx.hist * rows * cols } else { 0 };
         let dst = &mut bufs[s.out];
         for (d, x) in dst[off..off + rows * cols].iter_mut().zip(v.iter()) {
             *d = *x;
@@ -213,14 +255,14 @@ fn is_history(p: &Program, b: usize) -> bool {
 }
 
 /// The values a buffer contributes at every point of the loop, as a full array.
-fn load<T: Elem>(p: &Program, b: usize, a: Access, shape: Shape, bufs: &[Vec<T>], ctx: &StepCtx) -> Array2<T> {
+fn load<T: Elem>(p: &Program, b: usize, a: Access, shape: Shape, bufs: &[Vec<T>], ctx: &Ctx) -> Array2<T> {
     let buf = &bufs[b];
     let (rows, cols) = shape.dims();
     let _ = p;
     match (shape, a) {
         (_, Access::Scalar) => Array2::from_elem((rows, cols), buf[0]),
         (Shape::Map { .. }, Access::Hist) => {
-            let off = ctx.iter as usize * rows * cols;
+            let off = ctx.hist * rows * cols;
             ArrayView2::from_shape((rows, cols), &buf[off..off + rows * cols]).expect("shape").to_owned()
         }
         (_, Access::Elem) => ArrayView2::from_shape((rows, cols), &buf[..rows * cols]).expect("shape").to_owned(),
@@ -247,13 +289,13 @@ fn load<T: Elem>(p: &Program, b: usize, a: Access, shape: Shape, bufs: &[Vec<T>]
     }
 }
 
-fn eval<T: Elem>(p: &Program, e: &KExpr, shape: Shape, bufs: &[Vec<T>], nb: usize, ctx: &StepCtx) -> Array2<T> {
+fn eval<T: Elem>(p: &Program, e: &KExpr, shape: Shape, bufs: &[Vec<T>], nb: usize, ctx: &Ctx) -> Array2<T> {
     let (rows, cols) = shape.dims();
     match e {
         KExpr::Const(c) => Array2::from_elem((rows, cols), T::of(*c)),
         KExpr::InvBatch => Array2::from_elem((rows, cols), T::one() / T::of(nb as f64)),
-        KExpr::StepCount => Array2::from_elem((rows, cols), T::of((ctx.step + 1) as f64)),
-        KExpr::Time(dt) => Array2::from_elem((rows, cols), T::of(ctx.iter as f64) * T::of(*dt)),
+        KExpr::StepCount => Array2::from_elem((rows, cols), T::of((ctx.step.step + 1) as f64)),
+        KExpr::Time(dt) => Array2::from_elem((rows, cols), T::of(ctx.step.iter as f64) * T::of(*dt)),
         KExpr::Load(b, a) => load(p, *b, *a, shape, bufs, ctx),
         KExpr::Unary(op, a) => {
             let v = eval(p, a, shape, bufs, nb, ctx);
@@ -279,7 +321,7 @@ fn eval<T: Elem>(p: &Program, e: &KExpr, shape: Shape, bufs: &[Vec<T>], nb: usiz
             out
         }
         KExpr::Rand(kind, stream) => {
-            let stream_key = (*stream as u64) | (ctx.iter << 32);
+            let stream_key = (*stream as u64) | (ctx.step.iter << 32);
             let base = match shape {
                 Shape::Syn { bb, rows, cols } => (bb * rows * cols) as u64,
                 Shape::Map { .. } => 0,
@@ -287,8 +329,8 @@ fn eval<T: Elem>(p: &Program, e: &KExpr, shape: Shape, bufs: &[Vec<T>], nb: usiz
             Array2::from_shape_fn((rows, cols), |(r, c)| {
                 let idx = base + (r * cols + c) as u64;
                 let x = match kind {
-                    RandKind::Uniform => math::circ_rand_uniform(ctx.seed, stream_key, ctx.step, idx),
-                    RandKind::Normal => math::circ_rand_normal(ctx.seed, stream_key, ctx.step, idx),
+                    RandKind::Uniform => math::circ_rand_uniform(ctx.step.seed, stream_key, ctx.step.step, idx),
+                    RandKind::Normal => math::circ_rand_normal(ctx.step.seed, stream_key, ctx.step.step, idx),
                 };
                 T::of(x)
             })

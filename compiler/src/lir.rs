@@ -36,8 +36,8 @@ pub enum Access {
     Post,
     /// SynMap: `buf[bb, j]`, per pre neuron.
     Pre,
-    /// Map: `buf[iter, b, i]` of a history buffer (`Rows::History`): the value recorded at
-    /// the current iteration of the enclosing loop.
+    /// Map: `buf[h, b, i]` of a history buffer (`Rows::History`), `h` the index of the
+    /// innermost enclosing `Loop` iteration or `Segments` segment (see [`Kernel::Segments`]).
     Hist,
 }
 
@@ -108,16 +108,24 @@ pub enum Kernel {
     SynReduce { out: BufId, row: bool, op: RedOp, rows: usize, cols: usize, value: KExpr },
     /// Transmission: `out[b, :] (+)= x[b, :] · Wᵀ` (`W: [n_out, n_in]`), or backwards.
     MatMul { out: BufId, x: BufId, w: BufId, n_out: usize, n_in: usize, transpose: bool, accumulate: bool },
-    /// `out[i, j] = s · Σ_r p[r, i] q[r, j]` over `r < repeat · nb` rows (a batch, or a whole
-    /// history of `repeat` iterations), with `s = 1/nb` (`mean`) or 1.
-    Outer { out: BufId, p: BufId, q: BufId, rows: usize, cols: usize, mean: bool, repeat: usize },
-    /// `out[0, i] = s · Σ_r src[r, i]` over `r < repeat · nb` rows, `s = 1/nb` (`mean`) or 1.
-    BatchSum { out: BufId, src: BufId, cols: usize, mean: bool, repeat: usize },
+    /// `out[i, j] (+)= s · Σ_r p[r, i] q[r, j]` over `r < repeat · nb` rows (a batch, or a
+    /// whole history of `repeat` iterations; inside `Segments`, `min(repeat, segment's
+    /// iterations) · nb`), with `s = 1/nb` (`mean`) or 1.
+    Outer { out: BufId, p: BufId, q: BufId, rows: usize, cols: usize, mean: bool, repeat: usize, accumulate: bool },
+    /// `out[0, i] (+)= s · Σ_r src[r, i]` over the rows `Outer` takes, `s = 1/nb` (`mean`) or 1.
+    BatchSum { out: BufId, src: BufId, cols: usize, mean: bool, repeat: usize, accumulate: bool },
     /// Copy a whole buffer (snapshots for two-phase commits).
     Copy { dst: BufId, src: BufId, len: usize },
     /// Repeat `body` `count` times, with the step context's `iter` set to the iteration
     /// (counting down from `count - 1` when `reverse`, for backpropagation through time).
+    /// Inside `Segments` it runs the segment's iterations `j < min(count, n)`, with `iter`
+    /// the loop-wide iteration `base + j`; a history is indexed by `j` either way.
     Loop { count: usize, reverse: bool, body: Vec<Kernel> },
+    /// A time loop of `total` iterations cut into segments of `len` (the last one has the
+    /// rest), for checkpointed backpropagation through time: for each segment `s` (last first
+    /// when `reverse`) `body` runs once with `base = s · len` and `n = min(len, total − base)`
+    /// iterations; a history accessed directly in `body` is indexed by `s`. Not nested.
+    Segments { total: usize, len: usize, reverse: bool, body: Vec<Kernel> },
     /// Run `body` only on steps `s` with `(s + 1) % every == 0`.
     Every { every: u64, body: Vec<Kernel> },
 }
@@ -182,14 +190,14 @@ impl Program {
     /// on. Returns a description of the first violation.
     pub fn validate(&self) -> Result<(), String> {
         for (name, e) in [("init", &self.init), ("train", &self.train), ("eval", &self.eval), ("monitor", &self.monitor)] {
-            self.validate_kernels(&e.kernels).map_err(|m| format!("{name}: {m}"))?;
+            self.validate_kernels(&e.kernels, Nest::Top).map_err(|m| format!("{name}: {m}"))?;
         }
         Ok(())
     }
 
-    fn validate_kernels(&self, ks: &[Kernel]) -> Result<(), String> {
+    fn validate_kernels(&self, ks: &[Kernel], nest: Nest) -> Result<(), String> {
         for k in ks {
-            self.validate_kernel(k)?;
+            self.validate_kernel(k, nest)?;
         }
         Ok(())
     }
@@ -210,10 +218,29 @@ impl Program {
         }
     }
 
-    fn check_access(&self, b: BufId, a: Access, map: Option<(bool, usize)>, syn: Option<(usize, usize, bool)>) -> Result<(), String> {
+    fn check_access(
+        &self,
+        b: BufId,
+        a: Access,
+        map: Option<(bool, usize)>,
+        syn: Option<(usize, usize, bool)>,
+        nest: Nest,
+    ) -> Result<(), String> {
         let spec = &self.buffers[b];
         let name = &spec.name;
         let bad = |why: &str| Err(format!("buffer `{name}` accessed as {a:?}: {why}"));
+        if let Rows::History(t) = spec.rows {
+            // Only a history index below `t` reaches the buffer: inside a loop of at most
+            // `t` iterations (or directly in segments, at most `t` of them).
+            if a != Access::Hist {
+                return bad("a history read without its iteration");
+            }
+            match nest.hist_bound() {
+                Some(n) if n <= t => {}
+                Some(n) => return bad(&format!("{t} iterations recorded, indexed up to {n}")),
+                None => return bad("outside a loop"),
+            }
+        }
         match (map, syn, a) {
             (_, _, Access::Scalar) => Ok(()),
             (Some((batched, cols)), _, Access::Elem) => {
@@ -280,44 +307,44 @@ impl Program {
         }
     }
 
-    fn check_expr(&self, e: &KExpr, map: Option<(bool, usize)>, syn: Option<(usize, usize, bool)>) -> Result<(), String> {
+    fn check_expr(&self, e: &KExpr, map: Option<(bool, usize)>, syn: Option<(usize, usize, bool)>, nest: Nest) -> Result<(), String> {
         let mut r = Ok(());
         e.walk(&mut |x| {
             if let (Ok(()), KExpr::Load(b, a)) = (&r, x) {
                 if *b >= self.buffers.len() {
                     r = Err(format!("buffer {b} does not exist"));
                 } else {
-                    r = self.check_access(*b, *a, map, syn);
+                    r = self.check_access(*b, *a, map, syn, nest);
                 }
             }
         });
         r
     }
 
-    fn validate_kernel(&self, k: &Kernel) -> Result<(), String> {
+    fn validate_kernel(&self, k: &Kernel, nest: Nest) -> Result<(), String> {
         match k {
             Kernel::Map { batched, cols, stores } => {
                 for s in stores {
                     // A history records at the current iteration.
                     let at = if matches!(self.buffers[s.out].rows, Rows::History(_)) { Access::Hist } else { Access::Elem };
-                    self.check_access(s.out, at, Some((*batched, *cols)), None)?;
-                    self.check_expr(&s.value, Some((*batched, *cols)), None)?;
+                    self.check_access(s.out, at, Some((*batched, *cols)), None, nest)?;
+                    self.check_expr(&s.value, Some((*batched, *cols)), None, nest)?;
                     if let Some(g) = &s.guard {
-                        self.check_expr(g, Some((*batched, *cols)), None)?;
+                        self.check_expr(g, Some((*batched, *cols)), None, nest)?;
                     }
                 }
                 Ok(())
             }
             Kernel::Reduce { out, batched, cols, value, .. } => {
-                self.check_access(*out, Access::Sample, Some((*batched, *cols)), None)?;
-                self.check_expr(value, Some((*batched, *cols)), None)
+                self.check_access(*out, Access::Sample, Some((*batched, *cols)), None, nest)?;
+                self.check_expr(value, Some((*batched, *cols)), None, nest)
             }
             Kernel::SynMap { rows, cols, over_batch, stores } => {
                 for s in stores {
-                    self.check_access(s.out, Access::Elem, None, Some((*rows, *cols, *over_batch)))?;
-                    self.check_expr(&s.value, None, Some((*rows, *cols, *over_batch)))?;
+                    self.check_access(s.out, Access::Elem, None, Some((*rows, *cols, *over_batch)), nest)?;
+                    self.check_expr(&s.value, None, Some((*rows, *cols, *over_batch)), nest)?;
                     if let Some(g) = &s.guard {
-                        self.check_expr(g, None, Some((*rows, *cols, *over_batch)))?;
+                        self.check_expr(g, None, Some((*rows, *cols, *over_batch)), nest)?;
                     }
                 }
                 Ok(())
@@ -327,7 +354,7 @@ impl Program {
                 if self.buffers[*out].cols != n {
                     return Err(format!("SynReduce output `{}` has the wrong length", self.buffers[*out].name));
                 }
-                self.check_expr(value, None, Some((*rows, *cols, false)))
+                self.check_expr(value, None, Some((*rows, *cols, false)), nest)
             }
             Kernel::MatMul { out, x, w, n_out, n_in, transpose, .. } => {
                 let (nx, ny) = if *transpose { (*n_out, *n_in) } else { (*n_in, *n_out) };
@@ -339,6 +366,10 @@ impl Program {
                 }
                 if !self.batched(*x) || !self.batched(*out) {
                     return Err("MatMul operands must be batch-shaped".into());
+                }
+                if out == x || out == w {
+                    // The product kernels write `out` while they read their operands.
+                    return Err(format!("MatMul writes its operand `{}`", self.buffers[*out].name));
                 }
                 Ok(())
             }
@@ -367,7 +398,34 @@ impl Program {
                 }
                 Ok(())
             }
-            Kernel::Loop { body, .. } | Kernel::Every { body, .. } => self.validate_kernels(body),
+            Kernel::Loop { count, body, .. } => self.validate_kernels(body, Nest::Loop(*count)),
+            Kernel::Segments { total, len, body, .. } => {
+                if !matches!(nest, Nest::Top) || *len == 0 {
+                    return Err("Segments nested in a loop, or empty".into());
+                }
+                self.validate_kernels(body, Nest::Segments(total.div_ceil(*len)))
+            }
+            Kernel::Every { body, .. } => self.validate_kernels(body, nest),
+        }
+    }
+}
+
+/// Where a kernel sits in the loop nest, for the bounds of history indices.
+#[derive(Clone, Copy)]
+enum Nest {
+    Top,
+    /// Inside a `Loop` of this many iterations (at most; fewer inside segments).
+    Loop(usize),
+    /// Directly in the body of `Segments` with this many segments.
+    Segments(usize),
+}
+
+impl Nest {
+    /// How many history indices can occur here (`None`: no history index).
+    fn hist_bound(self) -> Option<usize> {
+        match self {
+            Nest::Top => None,
+            Nest::Loop(n) | Nest::Segments(n) => Some(n),
         }
     }
 }
@@ -504,17 +562,26 @@ fn write_kernel(f: &mut fmt::Formatter<'_>, p: &Program, k: &Kernel, depth: usiz
                 if *transpose { "" } else { "ᵀ" }
             )
         }
-        Kernel::Outer { out, p: a, q, mean, repeat, .. } => {
+        Kernel::Outer { out, p: a, q, mean, repeat, accumulate, .. } => {
             let over = if *repeat > 1 { "Σ(iter,b)" } else { "Σb" };
-            writeln!(f, "{pad}outer {} = {} {over} {} ⊗ {}", buf(p, *out), if *mean { "1/nb" } else { "1" }, buf(p, *a), buf(p, *q))
+            let (acc, s) = (if *accumulate { "+" } else { "" }, if *mean { "1/nb" } else { "1" });
+            writeln!(f, "{pad}outer {} {acc}= {s} {over} {} ⊗ {}", buf(p, *out), buf(p, *a), buf(p, *q))
         }
-        Kernel::BatchSum { out, src, mean, repeat, .. } => {
+        Kernel::BatchSum { out, src, mean, repeat, accumulate, .. } => {
             let over = if *repeat > 1 { "Σ(iter,b)" } else { "Σb" };
-            writeln!(f, "{pad}batchsum {} = {} {over} {}", buf(p, *out), if *mean { "1/nb" } else { "1" }, buf(p, *src))
+            let (acc, s) = (if *accumulate { "+" } else { "" }, if *mean { "1/nb" } else { "1" });
+            writeln!(f, "{pad}batchsum {} {acc}= {s} {over} {}", buf(p, *out), buf(p, *src))
         }
         Kernel::Copy { dst, src, .. } => writeln!(f, "{pad}copy {} <- {}", buf(p, *dst), buf(p, *src)),
         Kernel::Loop { count, reverse, body } => {
             writeln!(f, "{pad}loop {count}{}:", if *reverse { " reversed" } else { "" })?;
+            for k in body {
+                write_kernel(f, p, k, depth + 1)?;
+            }
+            Ok(())
+        }
+        Kernel::Segments { total, len, reverse, body } => {
+            writeln!(f, "{pad}segments of {len} over {total}{}:", if *reverse { " reversed" } else { "" })?;
             for k in body {
                 write_kernel(f, p, k, depth + 1)?;
             }

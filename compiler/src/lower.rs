@@ -43,6 +43,8 @@ pub fn lower(c: &Circuit, batch: usize) -> Result<Program, Vec<Diagnostic>> {
         snapshot: HashMap::new(),
         reduced: HashMap::new(),
         temps: 0,
+        hist_phase: HashMap::new(),
+        deferred: Vec::new(),
     };
     let mut p = l.run();
     for e in [&mut p.init, &mut p.train, &mut p.eval, &mut p.monitor] {
@@ -69,7 +71,7 @@ fn fold_kernels(ks: &mut [Kernel]) {
                 }
             }
             Kernel::Reduce { value, .. } | Kernel::SynReduce { value, .. } => *value = fold_k(std::mem::replace(value, KExpr::Const(0.0))),
-            Kernel::Loop { body, .. } | Kernel::Every { body, .. } => fold_kernels(body),
+            Kernel::Loop { body, .. } | Kernel::Segments { body, .. } | Kernel::Every { body, .. } => fold_kernels(body),
             _ => {}
         }
     }
@@ -162,6 +164,13 @@ struct Lowerer<'a> {
     /// text and mode): `batch_mean(g)` written twice, as optimisers do, costs one GEMM.
     reduced: HashMap<(PathId, String, bool), KExpr>,
     temps: usize,
+    /// Histories of checkpointed loops, by the backward phase that records them segment by
+    /// segment (`SegmentPlan` with a replay).
+    hist_phase: HashMap<usize, usize>,
+    /// Products over such histories: they run at the end of each segment of that phase,
+    /// accumulating over the segments (the history holds one segment at a time). With the
+    /// kernel that zeroes the sum before the first segment.
+    deferred: Vec<(usize, Kernel, Kernel)>,
 }
 
 fn law(i: Init) -> BufInit {
@@ -192,6 +201,57 @@ impl Lowerer<'_> {
     fn buffer(&mut self, name: String, rows: Rows, cols: usize, init: BufInit, kind: BufKind) -> BufId {
         self.bufs.push(BufSpec { name, rows, cols, init, kind });
         self.bufs.len() - 1
+    }
+
+    /// The kernels of a phase given its lowered body: the body itself, a time loop, or a
+    /// checkpointed loop in segments (see `hir::SegmentPlan`).
+    fn time_loop(&mut self, ph: &Phase, body: Vec<Kernel>) -> Vec<Kernel> {
+        let Some(plan) = &ph.segments else {
+            return if ph.repeat > 1 { vec![Kernel::Loop { count: ph.repeat, reverse: ph.reverse, body }] } else { body };
+        };
+        let lower = |l: &mut Self, stmts: &[Stmt]| {
+            let mut em = Emit::default();
+            for s in stmts {
+                l.neuron_stmt(s, None, &mut em);
+            }
+            em.finish()
+        };
+        let mut seg = lower(self, &plan.head);
+        if !plan.replay.is_empty() {
+            let replay = lower(self, &plan.replay);
+            seg.push(Kernel::Loop { count: plan.len, reverse: false, body: replay });
+        }
+        seg.push(Kernel::Loop { count: plan.len, reverse: ph.reverse, body });
+        vec![Kernel::Segments { total: ph.repeat, len: plan.len, reverse: ph.reverse, body: seg }]
+    }
+
+    /// Emits a product over histories: in place, or (for the histories of a checkpointed
+    /// loop) at the end of each of its segments, summed into `out` (zeroed before them).
+    fn history_product(&mut self, k: Kernel, repeat: usize, factors: &[Expr], em: &mut Emit) {
+        let mut phase = None;
+        for f in factors {
+            f.walk(&mut |x| {
+                if let ExprKind::Hist { hist, .. } = x.kind {
+                    phase = phase.or(self.hist_phase.get(&hist).copied());
+                }
+            });
+        }
+        let Some(phase) = phase.filter(|_| repeat > 0) else {
+            em.kernel(k);
+            return;
+        };
+        let (k, zero) = match k {
+            Kernel::Outer { out, p, q, rows, cols, mean, repeat, .. } => (
+                Kernel::Outer { out, p, q, rows, cols, mean, repeat, accumulate: true },
+                Kernel::SynMap { rows, cols, over_batch: false, stores: vec![Store { out, value: KExpr::Const(0.0), guard: None }] },
+            ),
+            Kernel::BatchSum { out, src, cols, mean, repeat, .. } => (
+                Kernel::BatchSum { out, src, cols, mean, repeat, accumulate: true },
+                Kernel::Map { batched: false, cols, stores: vec![Store { out, value: KExpr::Const(0.0), guard: None }] },
+            ),
+            other => (other, Kernel::Map { batched: false, cols: 0, stores: Vec::new() }),
+        };
+        self.deferred.push((phase, zero, k));
     }
 
     fn temp(&mut self, rows: Rows, cols: usize) -> BufId {
@@ -249,15 +309,29 @@ impl Lowerer<'_> {
             self.meta_buf.push(b);
         }
         for h in &c.histories {
-            let b = self.buffer(h.name.clone(), Rows::History(h.len), c.pops[h.pop].size, BufInit::Zero, BufKind::Temp);
+            let cols = h.pop.map_or(1, |p| c.pops[p].size);
+            let b = self.buffer(h.name.clone(), Rows::History(h.len), cols, BufInit::Zero, BufKind::Temp);
             self.hist_buf.push(b);
         }
 
         // init: effective weights.
         let init = lir::Entry { kernels: self.effective_weights() };
 
+        for (i, ph) in c.phases.iter().enumerate() {
+            if let Some(plan) = ph.segments.as_ref().filter(|p| !p.replay.is_empty()) {
+                for st in plan.head.iter().chain(&plan.replay).chain(&ph.body) {
+                    st.walk(&mut |st| {
+                        if let StmtKind::Assign { target: Target::Hist(h), .. } = st.kind {
+                            self.hist_phase.insert(h, i);
+                        }
+                    });
+                }
+            }
+        }
+
         // train: phases with their `after` plasticity, then step plasticity.
         let mut train = Vec::new();
+        let mut segments_at = HashMap::new();
         for (i, ph) in c.phases.iter().enumerate() {
             let mut em = Emit::default();
             for s in &ph.body {
@@ -267,11 +341,10 @@ impl Lowerer<'_> {
             for pl in c.plasticity.iter().filter(|pl| pl.schedule == Schedule::After(i)) {
                 body.extend(self.plasticity(pl));
             }
-            if ph.repeat > 1 {
-                train.push(Kernel::Loop { count: ph.repeat, reverse: ph.reverse, body });
-            } else {
-                train.extend(body);
+            if ph.segments.is_some() {
+                segments_at.insert(i, train.len());
             }
+            train.extend(self.time_loop(ph, body));
         }
         for pl in &c.plasticity {
             match pl.schedule {
@@ -298,11 +371,7 @@ impl Lowerer<'_> {
                 self.neuron_stmt(s, None, &mut em);
             }
             let body = em.finish();
-            if ph.repeat > 1 {
-                eval.push(Kernel::Loop { count: ph.repeat, reverse: ph.reverse, body });
-            } else {
-                eval.extend(body);
-            }
+            eval.extend(self.time_loop(ph, body));
         }
 
         // monitors
@@ -312,6 +381,20 @@ impl Lowerer<'_> {
             if let Some(stat) = self.monitor(&m.expr, &mut mon) {
                 monitors.push(lir::Monitor { name: m.name.clone(), stat });
             }
+        }
+
+        // Products over checkpointed histories: summed segment by segment.
+        let mut zeroes: Vec<(usize, Kernel)> = Vec::new();
+        for (phase, zero, k) in std::mem::take(&mut self.deferred) {
+            let at = segments_at[&phase];
+            if let Kernel::Segments { body, .. } = &mut train[at] {
+                body.push(k);
+            }
+            zeroes.push((at, zero));
+        }
+        zeroes.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+        for (at, zero) in zeroes {
+            train.insert(at, zero);
         }
 
         // Fixed pathways keep their draw across episodes unless marked `resample`.
@@ -385,15 +468,19 @@ impl Lowerer<'_> {
             StmtKind::Assign { target, op, value } => {
                 let out = self.target_buf(*target);
                 let cols = self.bufs[out].cols;
-                // A plain transmission writes straight into its target.
+                // A plain transmission writes straight into its target, unless it sends the
+                // target itself (`h.a = W(h.a)`: a product must not overwrite its operand
+                // while reading it; the general path below goes through a temporary).
                 if let (ExprKind::Transmit { path, transpose, arg }, AssignOp::Set | AssignOp::Add, None) = (&value.kind, op, &guard) {
                     let x = self.materialize(arg, em);
-                    let p = &c.paths[*path];
-                    let w = self.weight_buf(*path);
-                    let (n_out, n_in) = (c.pops[p.post].size, c.pops[p.pre].size);
-                    em.kernel(Kernel::MatMul { out, x, w, n_out, n_in, transpose: *transpose, accumulate: *op == AssignOp::Add });
-                    self.origins.push(lir::Origin { buf: out, what: c.target_name(*target), span: s.span });
-                    return;
+                    if x != out {
+                        let p = &c.paths[*path];
+                        let w = self.weight_buf(*path);
+                        let (n_out, n_in) = (c.pops[p.post].size, c.pops[p.pre].size);
+                        em.kernel(Kernel::MatMul { out, x, w, n_out, n_in, transpose: *transpose, accumulate: *op == AssignOp::Add });
+                        self.origins.push(lir::Origin { buf: out, what: c.target_name(*target), span: s.span });
+                        return;
+                    }
                 }
                 let v = self.nexpr(value, em);
                 let old = KExpr::Load(out, Access::Elem);
@@ -488,7 +575,7 @@ impl Lowerer<'_> {
         let c = self.c;
         match &e.kind {
             ExprKind::Var { pop, .. } => Some(c.pops[*pop].size),
-            ExprKind::Hist { hist, .. } => Some(c.pops[c.histories[*hist].pop].size),
+            ExprKind::Hist { hist, .. } => c.histories[*hist].pop.map(|p| c.pops[p].size),
             ExprKind::Transmit { path, transpose, .. } => {
                 let p = &c.paths[*path];
                 Some(c.pops[if *transpose { p.pre } else { p.post }].size)
@@ -508,13 +595,20 @@ impl Lowerer<'_> {
             ExprKind::Const(v) => KExpr::Const(*v),
             ExprKind::Time { dt } => KExpr::Time(*dt),
             ExprKind::StepCount => KExpr::StepCount,
+            ExprKind::Hist { hist, .. } if c.histories[*hist].pop.is_none() => {
+                // A signal's history: its value at this iteration, copied out by a one-column
+                // pass, is a per-sample scalar any pass can read.
+                let t = self.temp(Rows::Batch, 1);
+                em.store(true, 1, Store { out: t, value: KExpr::Load(self.hist_buf[*hist], Access::Hist), guard: None });
+                KExpr::Load(t, Access::Sample)
+            }
             ExprKind::Hist { hist, .. } => KExpr::Load(self.hist_buf[*hist], Access::Hist),
             ExprKind::BatchMean(arg) => {
                 // Per neuron: the mean over the batch, the same for every sample.
                 let cols = self.pop_size_of(arg).unwrap_or(1);
                 let x = self.materialize(arg, em);
                 let out = self.temp(Rows::Fixed(1), cols);
-                em.kernel(Kernel::BatchSum { out, src: x, cols, mean: true, repeat: 1 });
+                em.kernel(Kernel::BatchSum { out, src: x, cols, mean: true, repeat: 1, accumulate: false });
                 KExpr::Load(out, Access::Unit)
             }
             ExprKind::Var { pop, var, .. } => KExpr::Load(self.var_buf[&(*pop, *var)], Access::Elem),
@@ -843,22 +937,26 @@ impl Lowerer<'_> {
                     let pb = self.side_buffer(&post, &sample, rows, em);
                     let qb = self.side_buffer(&pre, &[], cols, em);
                     let g = self.temp(Rows::Fixed(rows), cols);
-                    em.kernel(Kernel::Outer { out: g, p: pb, q: qb, rows, cols, mean, repeat });
+                    let k = Kernel::Outer { out: g, p: pb, q: qb, rows, cols, mean, repeat, accumulate: false };
+                    self.history_product(k, repeat, &t.factors, em);
                     kf.push(KExpr::Load(g, Access::Elem));
                 } else if !pre.is_empty() {
                     let qb = self.side_buffer(&pre, &sample, cols, em);
                     let v = self.temp(Rows::Fixed(1), cols);
-                    em.kernel(Kernel::BatchSum { out: v, src: qb, cols, mean, repeat });
+                    let k = Kernel::BatchSum { out: v, src: qb, cols, mean, repeat, accumulate: false };
+                    self.history_product(k, repeat, &t.factors, em);
                     kf.push(KExpr::Load(v, Access::Pre));
                 } else if !post.is_empty() {
                     let pb = self.side_buffer(&post, &sample, rows, em);
                     let v = self.temp(Rows::Fixed(1), rows);
-                    em.kernel(Kernel::BatchSum { out: v, src: pb, cols: rows, mean, repeat });
+                    let k = Kernel::BatchSum { out: v, src: pb, cols: rows, mean, repeat, accumulate: false };
+                    self.history_product(k, repeat, &t.factors, em);
                     kf.push(KExpr::Load(v, Access::Post));
                 } else if !sample.is_empty() {
                     let sb = self.side_buffer(&[], &sample, 1, em);
                     let v = self.temp(Rows::Fixed(1), 1);
-                    em.kernel(Kernel::BatchSum { out: v, src: sb, cols: 1, mean, repeat });
+                    let k = Kernel::BatchSum { out: v, src: sb, cols: 1, mean, repeat, accumulate: false };
+                    self.history_product(k, repeat, &t.factors, em);
                     kf.push(KExpr::Load(v, Access::Scalar));
                 }
                 // (A term with no per-sample factor is the same for every sample: its mean

@@ -113,6 +113,7 @@ pub const EXPERIMENT_KEYS: &[&str] = &[
     "eval_batch",
     "steps",
     "monitor_every",
+    "bptt_checkpoint",
     "episodes",
     "ways",
     "shots",
@@ -2185,7 +2186,7 @@ impl Resolver<'_> {
         };
         let mut body = Vec::new();
         self.neuron_stmts(&ph.body, env, &mut body);
-        self.phases.push(Phase { name: ph.name.name.clone(), repeat, reverse: false, body, span: ph.span });
+        self.phases.push(Phase { name: ph.name.name.clone(), repeat, reverse: false, body, segments: None, span: ph.span });
     }
 
     fn neuron_stmts(&mut self, stmts: &[ast::Stmt], env: &Env, out: &mut Vec<Stmt>) {
@@ -2656,14 +2657,17 @@ impl Resolver<'_> {
                         self.err(d);
                     }
                 },
-                "epochs" | "batch" | "seed" | "limit" | "eval_batch" | "steps" | "monitor_every" => {
+                "epochs" | "batch" | "seed" | "limit" | "eval_batch" | "steps" | "monitor_every" | "bptt_checkpoint" => {
                     let Some(n) = self.const_int(v, env, &format!("`{}`", k.name)) else {
                         continue;
                     };
-                    if n < 0 || (n == 0 && k.name != "seed" && k.name != "limit") {
-                        let d = Diagnostic::error("circ::experiment::range", v.span, format!("`{}` must be positive, found {n}", k.name))
+                    let zero_ok = matches!(k.name.as_str(), "seed" | "limit" | "bptt_checkpoint");
+                    if n < 0 || (n == 0 && !zero_ok) {
+                        let (what, help) =
+                            if zero_ok { ("0 or more", "give a non-negative integer") } else { ("positive", "give a positive integer") };
+                        let d = Diagnostic::error("circ::experiment::range", v.span, format!("`{}` must be {what}, found {n}", k.name))
                             .label("out of range")
-                            .help("give a positive integer");
+                            .help(help);
                         self.err(d);
                         continue;
                     }
@@ -2674,6 +2678,7 @@ impl Resolver<'_> {
                         "eval_batch" => x.eval_batch = n as usize,
                         "steps" => x.steps = Some(n as usize),
                         "monitor_every" => x.monitor_every = Some(n as usize),
+                        "bptt_checkpoint" => x.bptt_checkpoint = Some(n as usize).filter(|&k| k > 0),
                         _ => x.limit = Some(n as usize),
                     }
                 }
@@ -2779,7 +2784,7 @@ impl Resolver<'_> {
                 }
             };
             match o.name.as_str() {
-                "epochs" | "batch" | "eval_batch" | "limit" | "seed" | "steps" | "monitor_every" => {
+                "epochs" | "batch" | "eval_batch" | "limit" | "seed" | "steps" | "monitor_every" | "bptt_checkpoint" => {
                     let Some(n) = as_count(v) else {
                         let d = Diagnostic::error(
                             "circ::cli::bad_value",
@@ -2799,6 +2804,7 @@ impl Resolver<'_> {
                         "steps" if n > 0 => x.steps = Some(n),
                         "monitor_every" if n > 0 => x.monitor_every = Some(n),
                         "seed" => x.seed = n as u64,
+                        "bptt_checkpoint" => x.bptt_checkpoint = Some(n).filter(|&k| k > 0),
                         _ => {
                             let d = Diagnostic::error("circ::cli::bad_value", span, format!("`--set {}` must be at least 1", o.name))
                                 .label("the override applies to this circuit")

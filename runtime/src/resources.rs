@@ -10,8 +10,14 @@ use thiserror::Error;
 #[derive(Debug, Error, Diagnostic)]
 pub enum MemoryError {
     #[error("this circuit needs {} of buffers but only {} {}", human(*need), human(*limit), source_name)]
-    #[diagnostic(code(circ::run::memory), help("reduce population sizes or the batch size, or raise the limit with --max-memory"))]
-    TooBig { need: u128, limit: u128, source_name: String },
+    #[diagnostic(code(circ::run::memory))]
+    TooBig {
+        need: u128,
+        limit: u128,
+        source_name: String,
+        #[help]
+        advice: String,
+    },
     #[error("cannot read the memory size `{text}`")]
     #[diagnostic(code(circ::cli::memory_size), help("write a number of bytes with an optional K, M, G or T suffix, e.g. 512M"))]
     BadSize { text: String },
@@ -68,7 +74,8 @@ pub fn available() -> Option<(u128, &'static str)> {
 }
 
 /// Refuses a run that needs more than the limit (`max` if given, else what is available).
-pub fn check(need: u128, max: Option<u128>) -> Result<(), MemoryError> {
+/// `history` is the part of `need` recorded for backpropagation through time.
+pub fn check(need: u128, history: u128, max: Option<u128>) -> Result<(), MemoryError> {
     let (limit, why) = match max {
         Some(m) => (m, "--max-memory allows"),
         None => match available() {
@@ -77,7 +84,17 @@ pub fn check(need: u128, max: Option<u128>) -> Result<(), MemoryError> {
         },
     };
     if need > limit {
-        return Err(MemoryError::TooBig { need, limit, source_name: why.to_string() });
+        let advice = if history * 2 > need {
+            format!(
+                "{} of it is the history grad() records through time loops: `bptt_checkpoint = K` in the experiment \
+                 (or --set bptt_checkpoint=K) stores the loop state every K iterations and recomputes the rest \
+                 (K near the square root of the loop length needs the least)",
+                human(history)
+            )
+        } else {
+            "reduce population sizes or the batch size, or raise the limit with --max-memory".to_string()
+        };
+        return Err(MemoryError::TooBig { need, limit, source_name: why.to_string(), advice });
     }
     Ok(())
 }
@@ -97,9 +114,16 @@ mod tests {
 
     #[test]
     fn limit_is_enforced_before_allocation() {
-        assert!(check(10, Some(100)).is_ok());
-        let e = check(200 << 30, Some(1 << 30)).unwrap_err();
+        assert!(check(10, 0, Some(100)).is_ok());
+        let e = check(200 << 30, 0, Some(1 << 30)).unwrap_err();
         assert!(e.to_string().contains("200.0 GiB"), "{e}");
         assert!(e.to_string().contains("1.0 GiB"), "{e}");
+    }
+
+    #[test]
+    fn a_run_dominated_by_history_is_told_about_checkpoints() {
+        let help = |e: MemoryError| miette::Diagnostic::help(&e).map(|h| h.to_string()).unwrap_or_default();
+        assert!(help(check(200 << 30, 150 << 30, Some(1 << 30)).unwrap_err()).contains("bptt_checkpoint"));
+        assert!(help(check(200 << 30, 10 << 30, Some(1 << 30)).unwrap_err()).contains("--max-memory"));
     }
 }

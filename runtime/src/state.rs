@@ -135,6 +135,12 @@ pub fn bytes_needed(specs: &[BufSpec], max_batch: usize, precision: Precision) -
     specs.iter().map(|s| s.rows(max_batch) as u128 * s.cols as u128 * elem).sum()
 }
 
+/// The part of [`bytes_needed`] that histories for backpropagation through time take.
+pub fn history_bytes(specs: &[BufSpec], max_batch: usize, precision: Precision) -> u128 {
+    let histories: Vec<BufSpec> = specs.iter().filter(|s| matches!(s.rows, Rows::History(_))).cloned().collect();
+    bytes_needed(&histories, max_batch, precision)
+}
+
 impl State {
     /// Allocates and initialises every buffer.
     pub fn new(specs: &[BufSpec], max_batch: usize, precision: Precision, seed: u64) -> State {

@@ -72,7 +72,8 @@ fn feed(states: [&mut State; 2], p: &Program, nb: usize, rng: &mut ChaCha8Rng) {
 }
 
 fn has_loops(ks: &[Kernel]) -> bool {
-    ks.iter().any(|k| matches!(k, Kernel::Loop { .. }) || matches!(k, Kernel::Every { body, .. } if has_loops(body)))
+    ks.iter()
+        .any(|k| matches!(k, Kernel::Loop { .. } | Kernel::Segments { .. }) || matches!(k, Kernel::Every { body, .. } if has_loops(body)))
 }
 
 fn shorten_loops(ks: &mut [Kernel], max: usize) {
@@ -80,6 +81,10 @@ fn shorten_loops(ks: &mut [Kernel], max: usize) {
         match k {
             Kernel::Loop { count, body, .. } => {
                 *count = (*count).min(max);
+                shorten_loops(body, max);
+            }
+            Kernel::Segments { total, body, .. } => {
+                *total = (*total).min(max);
                 shorten_loops(body, max);
             }
             Kernel::Every { body, .. } => shorten_loops(body, max),

@@ -21,7 +21,10 @@ use std::sync::atomic::Ordering::Relaxed;
 #[test]
 fn jit_and_interpreter_agree_on_random_circuits() {
     // A fixed seed: the same 256 circuits in every run (CI is reproducible); the fuzzer explores.
-    let config = Config { cases: 256, failure_persistence: None, ..Config::default() };
+    // CIRC_DIFFERENTIAL_CASES=N runs the first N circuits of the same sequence instead (the
+    // run at scale of docs/fuzzing.md).
+    let cases = std::env::var("CIRC_DIFFERENTIAL_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(256);
+    let config = Config { cases, failure_persistence: None, ..Config::default() };
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]);
     let mut runner = TestRunner::new_with_rng(config, rng);
     let result = runner.run(&vec(any::<u8>(), 16..400), |bytes| {
@@ -36,8 +39,8 @@ fn jit_and_interpreter_agree_on_random_circuits() {
     // The test proves something only if most generated programs are compared.
     let (clean, compared) = (differential::CLEAN.load(Relaxed), differential::COMPARED.load(Relaxed));
     eprintln!("{}", differential::stats());
-    assert!(clean >= 200, "only {clean} of 256 generated programs checked clean");
-    assert!(compared >= 150, "only {compared} programs were compared in full");
+    assert!(clean as f64 >= 0.78 * cases as f64, "only {clean} of {cases} generated programs checked clean");
+    assert!(compared as f64 >= 0.58 * cases as f64, "only {compared} programs were compared in full");
 }
 
 /// Programs on which the engines once disagreed (tests/differential/*.circ, each with a

@@ -21,6 +21,10 @@ use crate::diag::{Diagnostic, Span};
 use crate::hir::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+/// Names of the backward phases start with this (evaluation never runs them, although the
+/// last of a checkpointed loop writes forward values back).
+pub const BACKWARD_PHASE: &str = "__grad_";
+
 /// Expands every `grad(...)` of a checked circuit. Returns the circuit unchanged when it has
 /// none.
 pub fn expand(c: &Circuit) -> Result<Circuit, Vec<Diagnostic>> {
@@ -437,7 +441,7 @@ impl<'a> Backward<'a> {
             if seg.stmts.is_empty() {
                 continue;
             }
-            let name = format!("__grad_{k}_{si}");
+            let name = format!("{BACKWARD_PHASE}{k}_{si}");
             b.out.phases.push(Phase {
                 name,
                 repeat: seg.repeat,

@@ -203,10 +203,10 @@ impl Lowerer<'_> {
         self.bufs.len() - 1
     }
 
-    /// The kernels of a phase given its lowered body: the body itself, a time loop, or a
-    /// checkpointed loop in segments (see `hir::SegmentPlan`).
-    fn time_loop(&mut self, ph: &Phase, body: Vec<Kernel>) -> Vec<Kernel> {
-        let Some(plan) = &ph.segments else {
+    /// The kernels of a phase given its lowered body: the body itself, a time loop, or (with
+    /// `segmented`) a checkpointed loop in segments (see `hir::SegmentPlan`).
+    fn time_loop(&mut self, ph: &Phase, body: Vec<Kernel>, segmented: bool) -> Vec<Kernel> {
+        let Some(plan) = ph.segments.as_ref().filter(|_| segmented) else {
             return if ph.repeat > 1 { vec![Kernel::Loop { count: ph.repeat, reverse: ph.reverse, body }] } else { body };
         };
         let lower = |l: &mut Self, stmts: &[Stmt]| {
@@ -344,7 +344,7 @@ impl Lowerer<'_> {
             if ph.segments.is_some() {
                 segments_at.insert(i, train.len());
             }
-            train.extend(self.time_loop(ph, body));
+            train.extend(self.time_loop(ph, body, true));
         }
         for pl in &c.plasticity {
             match pl.schedule {
@@ -360,7 +360,9 @@ impl Lowerer<'_> {
         // eval: the phases up to the last one that writes the readout.
         let readout = c.experiment.readout.map(|(p, v, _)| (p, v)).or_else(|| default_readout(c));
         let last = match readout {
-            Some((p, v)) => c.phases.iter().rposition(|ph| ph.body.iter().any(|s| writes(s, Target::Var { pop: p, var: v }))),
+            Some((p, v)) => c.phases.iter().rposition(|ph| {
+                !ph.name.starts_with(crate::autodiff::BACKWARD_PHASE) && ph.body.iter().any(|s| writes(s, Target::Var { pop: p, var: v }))
+            }),
             None => None,
         };
         let n_eval = last.map(|i| i + 1).unwrap_or(c.phases.len());
@@ -371,7 +373,8 @@ impl Lowerer<'_> {
                 self.neuron_stmt(s, None, &mut em);
             }
             let body = em.finish();
-            eval.extend(self.time_loop(ph, body));
+            // (Evaluation saves no checkpoints: no backward pass follows.)
+            eval.extend(self.time_loop(ph, body, false));
         }
 
         // monitors

@@ -151,6 +151,34 @@ impl Diagnostic {
     }
 }
 
+/// How many diagnostics of one code a compilation reports; one mistake repeated by a family
+/// or a loop (`depth = 65536` with a duplicate declaration) would otherwise print thousands.
+pub const MAX_PER_CODE: usize = 20;
+
+/// Keeps the first [`MAX_PER_CODE`] diagnostics of each code (in order) and notes on the last
+/// one kept how many more there were.
+pub fn cap_repeats(diags: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    let mut count: std::collections::HashMap<&'static str, usize> = std::collections::HashMap::new();
+    for d in &diags {
+        *count.entry(d.code).or_default() += 1;
+    }
+    let mut seen: std::collections::HashMap<&'static str, usize> = std::collections::HashMap::new();
+    let mut out = Vec::with_capacity(diags.len().min(count.len() * MAX_PER_CODE));
+    for mut d in diags {
+        let n = seen.entry(d.code).or_default();
+        *n += 1;
+        if *n > MAX_PER_CODE {
+            continue;
+        }
+        let total = count[d.code];
+        if *n == MAX_PER_CODE && total > MAX_PER_CODE {
+            d.notes.push(format!("{} more `{}` diagnostics are not shown", total - MAX_PER_CODE, d.code));
+        }
+        out.push(d);
+    }
+    out
+}
+
 /// A diagnostic bound to its sources, ready for miette to render.
 pub struct Rendered<'a> {
     pub diag: &'a Diagnostic,
@@ -315,6 +343,17 @@ pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mistake_repeated_by_a_family_is_reported_twenty_times() {
+        // 5001 duplicate declarations (members and the family; the fuzzer's case had 131072: printing them took seconds).
+        let text = "circuit c\ninput x[2]\nfor l in 0..5000 {\n  pop h[l][2] { a }\n  pop h[l][2] { a }\n}\n";
+        let fe = crate::frontend::load_source("dup.circ", text, &[]);
+        let dups: Vec<&Diagnostic> = fe.diags.iter().filter(|d| d.code == "circ::name::duplicate").collect();
+        assert_eq!(dups.len(), MAX_PER_CODE);
+        assert_eq!(dups[MAX_PER_CODE - 1].notes, ["4981 more `circ::name::duplicate` diagnostics are not shown"]);
+        assert!(dups[..MAX_PER_CODE - 1].iter().all(|d| d.notes.is_empty()));
+    }
 
     #[test]
     fn suggests_swapped_letters_in_short_names() {

@@ -123,6 +123,7 @@ pub fn load_source(name: &str, text: &str, overrides: &[Override]) -> Frontend {
         }
     }
     diags.sort_by_key(|d| (d.span.file, d.span.lo));
+    let diags = crate::diag::cap_repeats(diags);
     Frontend { sources, circuit, diags, report }
 }
 

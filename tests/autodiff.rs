@@ -270,10 +270,10 @@ const LONG_RNN: &str = "circuit long_rnn locality nonlocal\nprecision f64\nparam
     plasticity sum {\n  Win.w -= lr * grad(L, Win.w)\n  Wrec.w -= lr * grad(L, Wrec.w)\n  V.w -= lr * grad(L, V.w)\n  Grec.w -= lr * grad(L, Grec.w)\n  Wout.w -= lr * grad(L, Wout.w)\n}\n\
     experiment { data = none }\n";
 
-/// Runs `steps` training steps of LONG_RNN with `bptt_checkpoint = every` (0: store all) on
+/// Runs `steps` training steps of LONG_RNN with `bptt_checkpoint = every` ("0": store all) on
 /// engine `kind`; returns the state and the history rows the program allocates per sample
 /// and neuron.
-fn run_checkpointed(every: usize, kind: EngineKind, nb: usize, steps: u64) -> (State, usize) {
+fn run_checkpointed(every: &str, kind: EngineKind, nb: usize, steps: u64) -> (State, usize) {
     let set = [parse_override(&format!("bptt_checkpoint={every}")).unwrap()];
     let fe = frontend::load_source("long_rnn.circ", LONG_RNN, &set);
     let c = fe.ok().unwrap_or_else(|| panic!("{:?}", fe.diags));
@@ -307,12 +307,12 @@ fn run_checkpointed(every: usize, kind: EngineKind, nb: usize, steps: u64) -> (S
 fn checkpointed_backpropagation_through_time_gives_the_stored_gradient() {
     for kind in [EngineKind::Jit, EngineKind::Interp] {
         for nb in [1, 3] {
-            let (full, full_rows) = run_checkpointed(0, kind, nb, 3);
-            // 23 iterations: segments of 1, of 5 (the last has 3), of 22 (then 1), and a
-            // setting longer than the loop (no checkpoints).
-            for every in [1, 5, 22, 40] {
+            let (full, full_rows) = run_checkpointed("0", kind, nb, 3);
+            // 23 iterations: segments of 1, of 5 (the last has 3), of 22 (then 1), a setting
+            // longer than the loop (no checkpoints), and `auto` (⌈√23⌉ = 5).
+            for every in ["1", "5", "22", "40", "auto"] {
                 let (ck, rows) = run_checkpointed(every, kind, nb, 3);
-                if every < 23 {
+                if every != "40" {
                     assert!(rows < full_rows, "every {every}: {rows} history rows, not fewer than {full_rows}");
                 }
                 // Weights after three steps (each step's gradient reads the state the last

@@ -567,7 +567,7 @@ impl<'a> Backward<'a> {
         let c = self.c;
         let ph = &c.phases[pi];
         let len = ph.repeat;
-        let every = c.experiment.bptt_checkpoint.filter(|&k| k < len);
+        let every = c.experiment.bptt_checkpoint.and_then(|k| k.segment(len));
         let rows = every.unwrap_or(len);
         let body: Vec<&Stmt> = ph.body.iter().collect();
         // Which node each statement assigns, and where in the body.

@@ -617,6 +617,26 @@ pub struct Phase {
     pub span: Span,
 }
 
+/// The `bptt_checkpoint` setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checkpoints {
+    /// Every K iterations.
+    Every(usize),
+    /// `auto`: every ⌈√T⌉ iterations of a T-iteration loop, which stores the least.
+    Sqrt,
+}
+
+impl Checkpoints {
+    /// Iterations per segment of a loop of `len` (None: store every iteration).
+    pub fn segment(self, len: usize) -> Option<usize> {
+        let k = match self {
+            Checkpoints::Every(k) => k,
+            Checkpoints::Sqrt => (1..=len).find(|k| k * k >= len).unwrap_or(len),
+        };
+        Some(k).filter(|&k| k > 0 && k < len)
+    }
+}
+
 /// How a time loop runs in segments of `len` iterations (the last one may be shorter), so
 /// that backpropagation through time stores `len` iterations of history instead of all of
 /// them. Each segment runs `head` once (a history read or written there is indexed by the
@@ -694,9 +714,9 @@ pub struct Experiment {
     /// Meta-learning: when set, the run is a sequence of episodes that step the meta-params
     /// (the runtime's settings type, so the driver takes it as the resolver built it).
     pub meta: Option<MetaConfig>,
-    /// Backpropagation through time stores the loop state every this many iterations and
-    /// recomputes the rest in the backward pass (`bptt_checkpoint`; `None` or 0: store all).
-    pub bptt_checkpoint: Option<usize>,
+    /// Backpropagation through time stores the loop state every K iterations and recomputes
+    /// the rest in the backward pass (`bptt_checkpoint`; `None`: store every iteration).
+    pub bptt_checkpoint: Option<Checkpoints>,
     pub span: Span,
 }
 

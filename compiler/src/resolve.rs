@@ -2661,6 +2661,9 @@ impl Resolver<'_> {
                         self.err(d);
                     }
                 },
+                "bptt_checkpoint" if matches!(&v.kind, A::Ref { entity, field: None } if entity.index.is_none() && entity.name.name == "auto") => {
+                    x.bptt_checkpoint = Some(Checkpoints::Sqrt)
+                }
                 "epochs" | "batch" | "seed" | "limit" | "eval_batch" | "steps" | "monitor_every" | "bptt_checkpoint" => {
                     let Some(n) = self.const_int(v, env, &format!("`{}`", k.name)) else {
                         continue;
@@ -2682,7 +2685,7 @@ impl Resolver<'_> {
                         "eval_batch" => x.eval_batch = n as usize,
                         "steps" => x.steps = Some(n as usize),
                         "monitor_every" => x.monitor_every = Some(n as usize),
-                        "bptt_checkpoint" => x.bptt_checkpoint = Some(n as usize).filter(|&k| k > 0),
+                        "bptt_checkpoint" => x.bptt_checkpoint = Some(Checkpoints::Every(n as usize)).filter(|_| n > 0),
                         _ => x.limit = Some(n as usize),
                     }
                 }
@@ -2770,6 +2773,10 @@ impl Resolver<'_> {
                     self.err(d);
                     continue;
                 }
+                ("bptt_checkpoint", OverrideValue::Name(n)) if n == "auto" => {
+                    x.bptt_checkpoint = Some(Checkpoints::Sqrt);
+                    continue;
+                }
                 (key, OverrideValue::Name(n)) if EXPERIMENT_KEYS.contains(&key) => {
                     let d = Diagnostic::error("circ::cli::bad_value", span, format!("`--set {key}` needs a number, found the name `{n}`"))
                         .label("the override applies to this circuit")
@@ -2808,7 +2815,7 @@ impl Resolver<'_> {
                         "steps" if n > 0 => x.steps = Some(n),
                         "monitor_every" if n > 0 => x.monitor_every = Some(n),
                         "seed" => x.seed = n as u64,
-                        "bptt_checkpoint" => x.bptt_checkpoint = Some(n).filter(|&k| k > 0),
+                        "bptt_checkpoint" => x.bptt_checkpoint = Some(Checkpoints::Every(n)).filter(|_| n > 0),
                         _ => {
                             let d = Diagnostic::error("circ::cli::bad_value", span, format!("`--set {}` must be at least 1", o.name))
                                 .label("the override applies to this circuit")

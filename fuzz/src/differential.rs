@@ -7,10 +7,11 @@
 //! within 1e-9 relative (1e-10 absolute floor) while every value is finite and at most 1e6 in
 //! magnitude; a program whose values leave that range is compared up to there and counted as
 //! overflowed. A disagreement is judged against the program's own sensitivity first: the
-//! interpreter runs the entry again from its starting state perturbed by 1e-12 relative; if
-//! that moves the value by more than the tolerance, the two engines' different summation
-//! orders (gemm against ndarray) explain it (`cos` of a value that passed through 1e15, say),
-//! and the program is counted as ill-conditioned and compared up to there.
+//! interpreter runs the entry again from its starting state perturbed by 1e-12 relative (all
+//! values up, all down, alternately up and down, and the reverse); if one of these moves the
+//! value by more than the tolerance, the engines' different summation orders (gemm against
+//! ndarray) explain it (`cos` of a huge value, a comparison of a rounding residue with 0), and
+//! the program is counted as ill-conditioned and compared up to there.
 
 use crate::gen;
 use circ_compiler::interp::Interp;
@@ -90,10 +91,10 @@ pub fn compare_engines(p: &Program, nb: usize) -> Judged {
         let before = si.clone();
         jit.run(entry, sj, nb, ctx);
         interp.run(entry, si, nb, ctx);
-        compare(p, sj, si, nb, when, &mut |perturbed: &mut State| {
+        compare(p, sj, si, nb, when, &mut |perturbed: &mut State, pattern: usize| {
             // The same entry from a slightly different start: the program's sensitivity.
             *perturbed = before.clone();
-            perturb(perturbed);
+            perturb(perturbed, pattern);
             interp.run(entry, perturbed, nb, ctx);
         })
     };
@@ -118,10 +119,27 @@ pub fn compare_engines(p: &Program, nb: usize) -> Judged {
     run(EntryKind::Eval, &mut sj, &mut si, &ctx, "eval")
 }
 
-/// Scales every value by 1 ± 1e-12 (a fixed pseudo-random sign per element).
-fn perturb(s: &mut State) {
+/// Perturbations tried on a disagreement: all values scaled up or down, or alternately (a
+/// rounding residue that a comparison turns into 0 or 1 flips under one of them).
+const PATTERNS: usize = 4;
+
+/// Scales every value by 1 ± 1e-12, the signs chosen by `pattern`.
+fn perturb(s: &mut State, pattern: usize) {
     for i in 0..s.specs.len() {
-        let v: Vec<f64> = s.get(i).iter().enumerate().map(|(k, x)| x * (1.0 + if (k * 7 + i) % 3 == 0 { -1e-12 } else { 1e-12 })).collect();
+        let v: Vec<f64> = s
+            .get(i)
+            .iter()
+            .enumerate()
+            .map(|(k, x)| {
+                let up = match pattern {
+                    0 => true,
+                    1 => false,
+                    2 => (k + i) % 2 == 0,
+                    _ => (k + i) % 2 == 1,
+                };
+                x * (1.0 + if up { 1e-12 } else { -1e-12 })
+            })
+            .collect();
         s.set_f64(i, &v);
     }
 }
@@ -162,9 +180,9 @@ pub fn close(a: f64, b: f64, rel: f64) -> bool {
 }
 
 /// Compares every buffer of the JIT's state `a` with the interpreter's `b`: out of range
-/// (some value of either is), ill-conditioned (a disagreement that `rerun`, the interpreter
-/// from a perturbed start, reproduces), or agreeing; panics on a disagreement.
-fn compare(p: &Program, a: &State, b: &State, nb: usize, when: &str, rerun: &mut dyn FnMut(&mut State)) -> Judged {
+/// (some value of either is), ill-conditioned (a disagreement of the size that `rerun`, the
+/// interpreter from a perturbed start, shows), or agreeing; panics on a disagreement.
+fn compare(p: &Program, a: &State, b: &State, nb: usize, when: &str, rerun: &mut dyn FnMut(&mut State, usize)) -> Judged {
     let mut all = Vec::with_capacity(p.buffers.len());
     for (i, spec) in p.buffers.iter().enumerate() {
         // The states are allocated for exactly `nb` samples: every element is live.
@@ -175,19 +193,22 @@ fn compare(p: &Program, a: &State, b: &State, nb: usize, when: &str, rerun: &mut
         }
         all.push((i, spec, x, y, len));
     }
-    let mut perturbed: Option<State> = None;
+    let mut perturbed: Option<Vec<State>> = None;
     for (i, spec, x, y, len) in all {
         for k in 0..len {
             if close(x[k], y[k], REL) {
                 continue;
             }
-            let q = perturbed.get_or_insert_with(|| {
-                let mut s = b.clone();
-                rerun(&mut s);
-                s
+            let runs = perturbed.get_or_insert_with(|| {
+                (0..PATTERNS)
+                    .map(|pattern| {
+                        let mut s = b.clone();
+                        rerun(&mut s, pattern);
+                        s
+                    })
+                    .collect()
             });
-            let z = q.get(i)[k];
-            if !in_range(z) || !close(z, y[k], REL) {
+            if runs.iter().any(|q| !in_range(q.get(i)[k]) || !close(q.get(i)[k], y[k], REL)) {
                 return Judged::IllConditioned;
             }
             panic!("JIT and interpreter disagree ({when}, batch {nb}): buffer `{}`[{k}]: JIT {} vs interpreter {}", spec.name, x[k], y[k]);

@@ -187,10 +187,11 @@ fn build(p: &Program, opts: Options) -> Result<Jit, String> {
     flags.set("opt_level", "speed").map_err(|e| e.to_string())?;
     flags.set("use_colocated_libcalls", "false").map_err(|e| e.to_string())?;
     flags.set("is_pic", "false").map_err(|e| e.to_string())?;
-    if opts.bounds_check {
-        // Checked code has several times the blocks: the backtracking allocator took 4x as long
-        // as on unchecked code for the largest program (meta_pool: 6.5 s), the single-pass one
-        // less than 2x (3 s), for slower code; this is a debug mode.
+    let size: usize = [&p.init, &p.train, &p.eval, &p.monitor].iter().map(|e| lir_nodes(&e.kernels)).sum();
+    if opts.bounds_check && size > SINGLE_PASS_NODES {
+        // Checked code has several times the blocks, and the backtracking allocator is
+        // superlinear in them: on meta_pool (10 000 nodes) it takes 7 s, 4.6x the unchecked
+        // compile; the single-pass one 3 s, for code about 3x slower.
         flags.set("regalloc_algorithm", "single_pass").map_err(|e| e.to_string())?;
     }
     let isa_builder = cranelift_native::builder().map_err(|e| format!("this machine is not supported by Cranelift: {e}"))?;
@@ -233,6 +234,33 @@ fn build(p: &Program, opts: Options) -> Result<Jit, String> {
         slot,
         fault: None,
     })
+}
+
+/// Above this many LIR nodes ([`lir_nodes`]) bounds-checked code is register-allocated in a
+/// single pass (about 8x the largest corpus program other than meta_pool, which has 10 000).
+const SINGLE_PASS_NODES: usize = 4096;
+
+/// Kernels and expression nodes of a kernel list: a measure of how much code it becomes.
+fn lir_nodes(ks: &[Kernel]) -> usize {
+    let mut n = 0;
+    for k in ks {
+        n += 1;
+        let mut count = |e: &KExpr| e.walk(&mut |_| n += 1);
+        match k {
+            Kernel::Map { stores, .. } | Kernel::SynMap { stores, .. } => {
+                for st in stores {
+                    count(&st.value);
+                    if let Some(g) = &st.guard {
+                        count(g);
+                    }
+                }
+            }
+            Kernel::Reduce { value, .. } | Kernel::SynReduce { value, .. } => count(value),
+            Kernel::Loop { body, .. } | Kernel::Every { body, .. } => n += lir_nodes(body),
+            _ => {}
+        }
+    }
+    n
 }
 
 /// Describes every kernel of an entry in the order `Gen::kernel` numbers them (pre-order;

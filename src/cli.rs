@@ -36,6 +36,10 @@ enum Cmd {
         /// Training batch size to compile for.
         #[arg(long)]
         batch: Option<usize>,
+        /// With `--stage clif` or `asm`: the code of the bounds-check debug mode (see `circ run
+        /// --jit-bounds-check`).
+        #[arg(long)]
+        jit_bounds_check: bool,
     },
     /// Parse, resolve and check programs; print the locality of every equation.
     Check {
@@ -73,7 +77,7 @@ pub fn main() -> i32 {
     match cli.cmd {
         Cmd::Check { files, report, json, set } => check(&files, report, json, &set),
         Cmd::Run(a) => crate::run::run(a),
-        Cmd::Ir { file, stage, set, batch } => ir(&file, &stage, &set, batch),
+        Cmd::Ir { file, stage, set, batch, jit_bounds_check } => ir(&file, &stage, &set, batch, jit_bounds_check),
         Cmd::Data { cmd: DataCmd::Fetch { dataset, to, mirror } } => fetch(&dataset, &to, mirror.as_deref()),
         Cmd::Std { name } => std_cmd(name.as_deref()),
         Cmd::Fmt { files, check } => crate::fmt::fmt(&files, check),
@@ -171,6 +175,11 @@ pub struct RunArgs {
     /// Execution engine.
     #[arg(long, value_enum, default_value = "jit")]
     pub engine: EngineArg,
+    /// Debug mode of the JIT: check every memory access of the compiled code against its
+    /// buffer's length and stop with `circ::jit::bounds` on a violation (slower; also on with
+    /// CIRC_JIT_BOUNDS_CHECK=1).
+    #[arg(long)]
+    pub jit_bounds_check: bool,
     /// Continue from a checkpoint written by an earlier run.
     #[arg(long)]
     pub resume: Option<PathBuf>,
@@ -295,7 +304,7 @@ fn check_json(f: &std::path::Path, fe: &Frontend) -> String {
     .to_string()
 }
 
-fn ir(file: &std::path::Path, stage: &str, set: &[String], batch: Option<usize>) -> i32 {
+fn ir(file: &std::path::Path, stage: &str, set: &[String], batch: Option<usize>, bounds_check: bool) -> i32 {
     let ov = match overrides(set) {
         Ok(o) => o,
         Err(e) => {
@@ -350,16 +359,18 @@ fn ir(file: &std::path::Path, stage: &str, set: &[String], batch: Option<usize>)
             out!("{p}");
             0
         }
-        "clif" | "asm" => match circ_compiler::codegen::compile(&p, stage == "asm") {
-            Ok(j) => {
-                out!("{}", if stage == "asm" { &j.asm } else { &j.clif });
-                0
+        "clif" | "asm" => {
+            match circ_compiler::codegen::compile_with(&p, circ_compiler::codegen::Options { asm: stage == "asm", bounds_check }) {
+                Ok(j) => {
+                    out!("{}", if stage == "asm" { &j.asm } else { &j.clif });
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    1
+                }
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                1
-            }
-        },
+        }
         other => {
             eprintln!("error: unknown stage `{other}`; stages: ast, hir, lir, clif, asm");
             2

@@ -1,6 +1,7 @@
 //! `circ run`: compile a circuit, load its data, train, evaluate, write outputs.
 
 use crate::cli::{overrides, print_diags, EngineArg, RunArgs};
+use circ_compiler::codegen;
 use circ_compiler::diag::{render, Diagnostic};
 use circ_compiler::frontend;
 use circ_compiler::pipeline::{self, EngineKind};
@@ -81,7 +82,9 @@ pub fn run(a: RunArgs) -> i32 {
         EngineArg::Jit => EngineKind::Jit,
         EngineArg::Interp => EngineKind::Interp,
     };
-    let mut engine = match pipeline::engine(program, kind) {
+    let mut opts = codegen::Options::from_env();
+    opts.bounds_check |= a.jit_bounds_check;
+    let mut engine = match pipeline::engine_with(program, kind, opts) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e}");
@@ -151,7 +154,11 @@ pub fn run(a: RunArgs) -> i32 {
             Some(d) => format!("{} ({} train / {} test)", d.name, cfg.limit.map(|l| l.min(d.train.n)).unwrap_or(d.train.n), d.test.n),
             None => format!("no data ({} steps per epoch)", cfg.steps),
         };
-        let engine_name = if kind == EngineKind::Jit { "JIT" } else { "interpreter" };
+        let engine_name = match kind {
+            EngineKind::Jit if opts.bounds_check => "JIT (bounds-checked)",
+            EngineKind::Jit => "JIT",
+            EngineKind::Interp => "interpreter",
+        };
         let schedule = match &cfg.meta {
             Some(m) => format!(
                 "{} episodes of {}-way tasks ({} support + {} query samples per class), meta-test {} episodes",

@@ -173,6 +173,31 @@ fn monitors_do_not_change_training() {
 }
 
 #[test]
+fn bounds_checked_run_matches_the_plain_one() {
+    // `--jit-bounds-check` (and CIRC_JIT_BOUNDS_CHECK=1) checks every access; the numbers and
+    // the final state are the same bits.
+    let base = std::env::temp_dir().join(format!("circ-bounds-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    assert!(run_quick(&[], &base.join("a")).status.success());
+    let flag = run_quick(&["--jit-bounds-check"], &base.join("b"));
+    assert!(flag.status.success(), "{}", String::from_utf8_lossy(&flag.stderr));
+    let env = circ()
+        .args(["run", "examples/quickstart.circ", "--seed", "1", "--epochs", "4", "--out"])
+        .arg(base.join("c"))
+        .env("CIRC_JIT_BOUNDS_CHECK", "1")
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    assert!(env.status.success(), "{}", String::from_utf8_lossy(&env.stderr));
+    assert!(String::from_utf8_lossy(&env.stderr).contains("JIT (bounds-checked)"), "{}", String::from_utf8_lossy(&env.stderr));
+    for d in ["b", "c"] {
+        assert_eq!(npz(&base.join("a/checkpoint.npz")), npz(&base.join(d).join("checkpoint.npz")), "{d}: final state differs");
+        assert_eq!(metrics_without_time(&base.join("a")), metrics_without_time(&base.join(d)), "{d}: metrics differ");
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[test]
 fn a_diverging_run_stops_and_names_the_variable_and_the_equation() {
     let dir = std::env::temp_dir().join(format!("circ-nan-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

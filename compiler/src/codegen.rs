@@ -16,11 +16,22 @@
 //!   Cranelift 0.135's egraph pass stops hoisting loop-invariant values (measured in
 //!   ../shared/notes/cranelift-kernels.md). Loads of buffers a kernel does not write are
 //!   flagged `readonly + can_move + notrap` so they can be hoisted and folded.
+//! - Bounds-check mode ([`Options::bounds_check`], `--jit-bounds-check`, a debug mode; off by
+//!   default, and then the generated code is exactly the unchecked code): the entry's `bufs`
+//!   array then holds the `n` base pointers and the `n` buffer lengths (elements, from the
+//!   state's allocations). Every load and store (first and last lane; both ends of a gather),
+//!   every zero-skip list entry, and the extents of every product call and copy are compared
+//!   with the length before the access; a violation branches to a cold block of its own that
+//!   records it in the [`Jit`]'s [`FaultSlot`] ([`abi::circ_bounds_fault`]; the slot's address
+//!   is a constant) and returns, so nothing outside a buffer is touched. Loads lose `can_move`
+//!   there, so none is hoisted above its check; bases and lengths are loaded where they are
+//!   used, so that few values live across an entry (compile time). [`Jit`] turns the recorded
+//!   fault into a [`BoundsFault`] (`Engine::take_fault`).
 
 use crate::ast::{BinOp, UnOp};
 use crate::hir::{Func, RandKind};
 use crate::lir::{Access, BufId, Entry, KExpr, Kernel, Program, RedOp, Store};
-use circ_runtime::abi::{self, StepCtx};
+use circ_runtime::abi::{self, BoundsFault, FaultSlot, StepCtx, Touch};
 use circ_runtime::driver::{Engine, EntryKind};
 use circ_runtime::math;
 use circ_runtime::state::{Precision, State};
@@ -34,6 +45,29 @@ use std::collections::{HashMap, HashSet};
 
 type EntryFn = unsafe extern "C" fn(*const *mut u8, i64, *const StepCtx);
 
+/// How to compile a program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Keep the disassembly of every entry (`Jit::asm`).
+    pub asm: bool,
+    /// Check every memory access against its buffer's length at run time (a debug mode; see
+    /// the module header).
+    pub bounds_check: bool,
+}
+
+/// The environment variable that turns on bounds checks where engines are built by
+/// [`crate::pipeline::engine`] (the CLI and most tests): `1`, `true`, `yes` or `on`.
+pub const BOUNDS_CHECK_ENV: &str = "CIRC_JIT_BOUNDS_CHECK";
+
+impl Options {
+    /// Default options, with bounds checks if [`BOUNDS_CHECK_ENV`] asks for them.
+    pub fn from_env() -> Options {
+        let on =
+            std::env::var(BOUNDS_CHECK_ENV).is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
+        Options { asm: false, bounds_check: on }
+    }
+}
+
 /// Compiled code of one program.
 pub struct Jit {
     module: Option<JITModule>,
@@ -42,6 +76,16 @@ pub struct Jit {
     pub clif: String,
     /// Disassembly of every entry, when requested.
     pub asm: String,
+    /// Compiled with bounds checks: the entries take lengths and a fault slot too.
+    bounds_check: bool,
+    /// The program's buffer count (the layout of the checked entries' `bufs` array).
+    nbufs: usize,
+    /// Every kernel, numbered as the checks report them.
+    kernels: Vec<String>,
+    /// Where checked code records a fault (its address is compiled in).
+    slot: Box<FaultSlot>,
+    /// The first fault caught and not yet taken.
+    fault: Option<BoundsFault>,
 }
 
 impl Drop for Jit {
@@ -64,6 +108,9 @@ impl Engine for Jit {
         }];
         // The generated code indexes batch rows below `nb`: never more than were allocated.
         let nb = nb.min(state.max_batch);
+        if self.bounds_check {
+            return self.run_checked(f, state, nb, ctx);
+        }
         let ptrs = state.pointers();
         // SAFETY: `f` was compiled from a validated program whose buffer shapes are exactly
         // `state.specs` (the state was built from the same program), `ptrs` holds one live
@@ -72,15 +119,81 @@ impl Engine for Jit {
         // that do not unwind.
         unsafe { f(ptrs.as_ptr(), nb as i64, ctx as *const StepCtx) };
     }
+
+    fn take_fault(&mut self) -> Option<BoundsFault> {
+        self.fault.take()
+    }
+}
+
+impl Jit {
+    /// Runs a bounds-checked entry: `bufs` is [pointers; lengths] (module header).
+    fn run_checked(&mut self, f: EntryFn, state: &mut State, nb: usize, ctx: &StepCtx) {
+        let n = self.nbufs;
+        // The length the code checks against: the buffer's shape, never more than allocated
+        // (a buffer the state lacks has length 0, so every access to it faults).
+        let lens: Vec<usize> = state.lens().iter().zip(&state.specs).map(|(&len, spec)| len.min(spec.len(state.max_batch))).collect();
+        let ptrs = state.pointers();
+        let mut args: Vec<*mut u8> = Vec::with_capacity(2 * n);
+        args.extend((0..n).map(|b| ptrs.get(b).copied().unwrap_or(std::ptr::null_mut())));
+        args.extend((0..n).map(|b| std::ptr::without_provenance_mut(lens.get(b).copied().unwrap_or(0))));
+        self.slot.clear();
+        // SAFETY: `f` was compiled in bounds-check mode for `n` buffers, so it reads exactly
+        // the `2n` words of `args`; every buffer access and product call it makes is first
+        // compared with the length in `args`, which never exceeds the live allocation behind
+        // the pointer next to it, and skipped (the entry returns) when out of bounds. The fault
+        // slot whose address it holds is `self.slot`, alive as long as the code; `ctx` outlives
+        // the call; the helpers it calls do not unwind.
+        unsafe { f(args.as_ptr(), nb as i64, ctx as *const StepCtx) };
+        if let Some(raw) = self.slot.get() {
+            if self.fault.is_none() {
+                let names: Vec<String> = state.specs.iter().map(|s| s.name.clone()).collect();
+                self.fault = Some(BoundsFault::new(raw, &names, &self.kernels));
+            }
+        }
+    }
 }
 
 /// Compiles every entry of a program. `want_asm` also keeps the disassembly.
 pub fn compile(p: &Program, want_asm: bool) -> Result<Jit, String> {
+    compile_with(p, Options { asm: want_asm, bounds_check: false })
+}
+
+/// Compiles every entry of a validated program.
+pub fn compile_with(p: &Program, opts: Options) -> Result<Jit, String> {
     p.validate().map_err(|e| format!("internal error: invalid LIR: {e}"))?;
+    build(p, opts)
+}
+
+/// Compiles a program without [`Program::validate`], for tests of the bounds checks
+/// themselves: only in bounds-check mode (the checks then stand in for validation), and only
+/// if every buffer the kernels name exists.
+pub fn compile_unvalidated(p: &Program, opts: Options) -> Result<Jit, String> {
+    if !opts.bounds_check {
+        return Err("an unvalidated program compiles only with bounds checks".into());
+    }
+    let mut used = HashSet::new();
+    for e in [&p.init, &p.train, &p.eval, &p.monitor] {
+        e.kernels.iter().for_each(|k| uses_bufs(k, &mut used));
+    }
+    if let Some(b) = used.iter().find(|&&b| b >= p.buffers.len()) {
+        return Err(format!("buffer {b} does not exist"));
+    }
+    build(p, opts)
+}
+
+fn build(p: &Program, opts: Options) -> Result<Jit, String> {
+    let want_asm = opts.asm;
     let mut flags = settings::builder();
     flags.set("opt_level", "speed").map_err(|e| e.to_string())?;
     flags.set("use_colocated_libcalls", "false").map_err(|e| e.to_string())?;
     flags.set("is_pic", "false").map_err(|e| e.to_string())?;
+    let size: usize = [&p.init, &p.train, &p.eval, &p.monitor].iter().map(|e| lir_nodes(&e.kernels)).sum();
+    if opts.bounds_check && size > SINGLE_PASS_NODES {
+        // Checked code has several times the blocks, and the backtracking allocator is
+        // superlinear in them: on meta_pool (10 000 nodes) it takes 7 s, 4.6x the unchecked
+        // compile; the single-pass one 3 s, for code about 3x slower.
+        flags.set("regalloc_algorithm", "single_pass").map_err(|e| e.to_string())?;
+    }
     let isa_builder = cranelift_native::builder().map_err(|e| format!("this machine is not supported by Cranelift: {e}"))?;
     let isa = isa_builder.finish(settings::Flags::new(flags)).map_err(|e| e.to_string())?;
     let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
@@ -88,12 +201,18 @@ pub fn compile(p: &Program, want_asm: bool) -> Result<Jit, String> {
         jb.symbol(name, ptr);
     }
     let mut module = JITModule::new(jb);
-    let helpers = declare_helpers(&mut module, p.precision).map_err(|e| e.to_string())?;
+    let helpers = declare_helpers(&mut module, p.precision, opts.bounds_check).map_err(|e| e.to_string())?;
     let mut clif = String::new();
     let mut asm = String::new();
     let mut ids = Vec::new();
+    let mut kernels = Vec::new();
+    // Its address is baked into bounds-checked code: it lives (boxed, unmoved) with the code.
+    let slot = Box::new(FaultSlot::default());
+    let slot_addr = &*slot as *const FaultSlot as usize as i64;
     for (name, e) in [("init", &p.init), ("train", &p.train), ("eval", &p.eval), ("monitor", &p.monitor)] {
-        let id = compile_entry(&mut module, p, e, name, &helpers, &mut clif, want_asm.then_some(&mut asm))?;
+        let first = kernels.len();
+        label_kernels(p, name, &e.kernels, "", first, &mut kernels);
+        let id = compile_entry(&mut module, p, e, name, &helpers, opts, first, slot_addr, &mut clif, want_asm.then_some(&mut asm))?;
         ids.push(id);
     }
     module.finalize_definitions().map_err(|e| e.to_string())?;
@@ -104,7 +223,56 @@ pub fn compile(p: &Program, want_asm: bool) -> Result<Jit, String> {
         // (pointer, i64, pointer) -> () in the host calling convention.
         fns.push(unsafe { std::mem::transmute::<*const u8, EntryFn>(ptr) });
     }
-    Ok(Jit { module: Some(module), fns: [fns[0], fns[1], fns[2], fns[3]], clif, asm })
+    Ok(Jit {
+        module: Some(module),
+        fns: [fns[0], fns[1], fns[2], fns[3]],
+        clif,
+        asm,
+        bounds_check: opts.bounds_check,
+        nbufs: p.buffers.len(),
+        kernels,
+        slot,
+        fault: None,
+    })
+}
+
+/// Above this many LIR nodes ([`lir_nodes`]) bounds-checked code is register-allocated in a
+/// single pass (about 8x the largest corpus program other than meta_pool, which has 10 000).
+const SINGLE_PASS_NODES: usize = 4096;
+
+/// Kernels and expression nodes of a kernel list: a measure of how much code it becomes.
+fn lir_nodes(ks: &[Kernel]) -> usize {
+    let mut n = 0;
+    for k in ks {
+        n += 1;
+        let mut count = |e: &KExpr| e.walk(&mut |_| n += 1);
+        match k {
+            Kernel::Map { stores, .. } | Kernel::SynMap { stores, .. } => {
+                for st in stores {
+                    count(&st.value);
+                    if let Some(g) = &st.guard {
+                        count(g);
+                    }
+                }
+            }
+            Kernel::Reduce { value, .. } | Kernel::SynReduce { value, .. } => count(value),
+            Kernel::Loop { body, .. } | Kernel::Every { body, .. } => n += lir_nodes(body),
+            _ => {}
+        }
+    }
+    n
+}
+
+/// Describes every kernel of an entry in the order `Gen::kernel` numbers them (pre-order;
+/// the entry's first kernel is `out[first]`, "train kernel 0").
+fn label_kernels(p: &Program, entry: &str, ks: &[Kernel], within: &str, first: usize, out: &mut Vec<String>) {
+    for k in ks {
+        let text = crate::lir::kernel_summary(p, k);
+        out.push(format!("{entry} kernel {}{within}: {text}", out.len() - first));
+        if let Kernel::Loop { body, .. } | Kernel::Every { body, .. } = k {
+            label_kernels(p, entry, body, &format!(" (in `{text}`)"), first, out);
+        }
+    }
 }
 
 fn helper_symbols() -> Vec<(&'static str, *const u8)> {
@@ -138,6 +306,7 @@ fn helper_symbols() -> Vec<(&'static str, *const u8)> {
         ("circ_batch_sum_f32", abi::circ_batch_sum_f32 as *const u8),
         ("circ_batch_sum_f64", abi::circ_batch_sum_f64 as *const u8),
         ("circ_par_rows", abi::circ_par_rows as *const u8),
+        ("circ_bounds_fault", abi::circ_bounds_fault as *const u8),
     ]
 }
 
@@ -146,7 +315,7 @@ struct Helpers {
     ids: HashMap<&'static str, FuncId>,
 }
 
-fn declare_helpers(m: &mut JITModule, prec: Precision) -> Result<Helpers, cranelift_module::ModuleError> {
+fn declare_helpers(m: &mut JITModule, prec: Precision, bounds_check: bool) -> Result<Helpers, cranelift_module::ModuleError> {
     let (ty, suffix) = match prec {
         Precision::F32 => (types::F32, "f32"),
         Precision::F64 => (types::F64, "f64"),
@@ -184,6 +353,10 @@ fn declare_helpers(m: &mut JITModule, prec: Precision) -> Result<Helpers, cranel
     declare(m, "outer", &[ptr, ptr, ptr, i, i, i, ty, i], None, true)?;
     declare(m, "batch_sum", &[ptr, ptr, i, i, ty, i], None, true)?;
     declare(m, "par_rows", &[ptr, ptr, i, ptr, i], None, false)?;
+    if bounds_check {
+        // Only then: declaring it would renumber the functions of unchecked code.
+        declare(m, "bounds_fault", &[ptr, i, i, i, i, i, i], None, false)?;
+    }
     Ok(Helpers { ids })
 }
 
@@ -193,6 +366,9 @@ fn compile_entry(
     e: &Entry,
     name: &str,
     helpers: &Helpers,
+    opts: Options,
+    first_kernel: usize,
+    slot_addr: i64,
     clif: &mut String,
     asm: Option<&mut String>,
 ) -> Result<FuncId, String> {
@@ -207,7 +383,9 @@ fn compile_entry(
     let mut fctx = FunctionBuilderContext::new();
     {
         let b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-        let mut g = Gen::new(b, module, p, helpers, ptr, name);
+        let mut g = Gen::new(b, module, p, helpers, ptr, name, opts.bounds_check);
+        g.next_kernel = first_kernel as i64;
+        g.slot_addr = slot_addr;
         g.prologue(e);
         for k in &e.kernels {
             g.kernel(k);
@@ -284,6 +462,12 @@ struct Gen<'a, 'm> {
     sub_clif: String,
     /// The first failure to compile a split-off function.
     error: Option<String>,
+    /// Bounds-check mode, and the address of the `Jit`'s fault slot.
+    check: bool,
+    slot_addr: i64,
+    /// The number of the kernel being compiled, and of the next one (see `label_kernels`).
+    cur_kernel: i64,
+    next_kernel: i64,
 }
 
 /// Every buffer a kernel (or the kernels inside it) writes.
@@ -339,7 +523,15 @@ fn uses_bufs(k: &Kernel, out: &mut HashSet<BufId>) {
 }
 
 impl<'a, 'm> Gen<'a, 'm> {
-    fn new(b: FunctionBuilder<'a>, module: &'m mut JITModule, p: &'m Program, helpers: &'m Helpers, ptr: Type, name: &str) -> Self {
+    fn new(
+        b: FunctionBuilder<'a>,
+        module: &'m mut JITModule,
+        p: &'m Program,
+        helpers: &'m Helpers,
+        ptr: Type,
+        name: &str,
+        check: bool,
+    ) -> Self {
         let (ty, vty, lanes, es) = match p.precision {
             Precision::F32 => (types::F32, types::F32X4, 4, 4),
             Precision::F64 => (types::F64, types::F64X2, 2, 8),
@@ -379,11 +571,25 @@ impl<'a, 'm> Gen<'a, 'm> {
             subs: 0,
             sub_clif: String::new(),
             error: None,
+            check,
+            slot_addr: 0,
+            cur_kernel: 0,
+            next_kernel: 0,
         }
     }
 
     fn ro() -> MemFlagsData {
         MemFlagsData::trusted().with_readonly().with_can_move()
+    }
+
+    /// Flags of a load from a buffer nothing writes during the load's kernel: `ro()`, except
+    /// in bounds-check mode, where a load must not move above its check.
+    fn ro_load(&self) -> MemFlagsData {
+        if self.check {
+            MemFlagsData::trusted().with_readonly()
+        } else {
+            Self::ro()
+        }
     }
 
     /// Loads the arguments, the buffer bases and the step context once, in the entry block.
@@ -402,7 +608,8 @@ impl<'a, 'm> Gen<'a, 'm> {
         }
         let mut used: Vec<BufId> = used.into_iter().collect();
         used.sort_unstable();
-        for bid in used {
+        // Bounds-check mode loads them where they are used (`base`).
+        for &bid in used.iter().filter(|_| !self.check) {
             let off = (bid * self.ptr.bytes() as usize) as i32;
             let v = self.b.ins().load(self.ptr, Self::ro(), self.bufs_ptr, off);
             self.bases.insert(bid, v);
@@ -498,16 +705,99 @@ impl<'a, 'm> Gen<'a, 'm> {
 
     /// Address of element `idx` (in elements) of buffer `b`.
     fn addr(&mut self, buf: BufId, idx: Value) -> Value {
-        let base = self.bases[&buf];
+        let base = self.base(buf);
         let bytes = self.b.ins().imul_imm_s(idx, self.es);
         self.b.ins().iadd(base, bytes)
+    }
+
+    /// Bounds-check mode: continues where `ok` (i8) holds; elsewhere records a fault (elements
+    /// `first ..= last` of `code`, a buffer id or a `LIST_*`, of length `len`) and returns.
+    /// Every check has its own cold block: one shared block would need parameters, and merging
+    /// thousands of incoming values into them makes register allocation crawl.
+    fn guard_ok(&mut self, ok: Value, code: i64, first: Value, last: Value, len: Value, touch: Touch) {
+        let cont = self.b.create_block();
+        let fault = self.b.create_block();
+        self.b.set_cold_block(fault);
+        self.b.ins().brif(ok, cont, &[], fault, &[]);
+        // Both have a single, known predecessor: sealing now keeps variable lookups local.
+        self.b.seal_block(cont);
+        self.b.seal_block(fault);
+        self.b.switch_to_block(fault);
+        let k = self.iconst(self.cur_kernel);
+        let c = self.iconst(code);
+        let t = self.iconst(touch as i64);
+        // A constant: a value live into every cold block (they follow the hot code) would live
+        // across the whole entry.
+        let slot = self.b.ins().iconst(self.ptr, self.slot_addr);
+        self.call("bounds_fault", &[slot, k, c, first, last, len, t]);
+        self.b.ins().return_(&[]);
+        self.b.switch_to_block(cont);
+    }
+
+    /// The base pointer of `buf`: loaded once in the prologue, or in bounds-check mode where it
+    /// is used (like `len`, so that few values live across the entry).
+    fn base(&mut self, buf: BufId) -> Value {
+        if !self.check {
+            return self.bases[&buf];
+        }
+        let off = (buf * self.ptr.bytes() as usize) as i32;
+        self.b.ins().load(self.ptr, MemFlagsData::trusted(), self.bufs_ptr, off)
+    }
+
+    /// Bounds-check mode: the length of `buf` (elements), from the `bufs` array, after the n
+    /// base pointers. Loaded where it is needed, not once: thousands of values live across a
+    /// whole entry make register allocation crawl (not `readonly` either, for the same reason:
+    /// alias analysis would merge the loads).
+    fn len(&mut self, buf: BufId) -> Value {
+        let off = ((self.p.buffers.len() + buf) * self.ptr.bytes() as usize) as i32;
+        self.b.ins().load(types::I64, MemFlagsData::trusted(), self.bufs_ptr, off)
+    }
+
+    /// Address of the elements `idx .. idx + n` of `buf`; in bounds-check mode, checked
+    /// (unsigned, so a negative index fails too) against the buffer's length first.
+    fn access(&mut self, buf: BufId, idx: Value, n: i64, touch: Touch) -> Value {
+        if self.check {
+            let len = self.len(buf);
+            let a = self.b.ins().icmp(IntCC::UnsignedLessThan, idx, len);
+            let (last, ok) = if n == 1 {
+                (idx, a)
+            } else {
+                let last = self.b.ins().iadd_imm_s(idx, n - 1);
+                let b = self.b.ins().icmp(IntCC::UnsignedLessThan, last, len);
+                (last, self.b.ins().band(a, b))
+            };
+            self.guard_ok(ok, buf as i64, idx, last, len, touch);
+        }
+        self.addr(buf, idx)
+    }
+
+    /// Bounds-check mode: a product call or copy touches the elements `0 .. extent` of `buf`.
+    fn guard_extent(&mut self, buf: BufId, extent: Value, touch: Touch) {
+        if !self.check {
+            return;
+        }
+        let len = self.len(buf);
+        let ok = self.b.ins().icmp(IntCC::UnsignedLessThanOrEqual, extent, len);
+        let zero = self.iconst(0);
+        let last = self.b.ins().iadd_imm_s(extent, -1);
+        self.guard_ok(ok, buf as i64, zero, last, len, touch);
+    }
+
+    /// Bounds-check mode: entry `k` of a zero-skip list (`code`) of `cap` entries.
+    fn guard_list(&mut self, code: i64, k: Value, cap: usize) {
+        if !self.check {
+            return;
+        }
+        let len = self.iconst(cap as i64);
+        let ok = self.b.ins().icmp(IntCC::UnsignedLessThan, k, len);
+        self.guard_ok(ok, code, k, k, len, Touch::List);
     }
 
     fn flags(&self, buf: BufId) -> MemFlagsData {
         if self.written.contains(&buf) {
             MemFlagsData::trusted()
         } else {
-            Self::ro()
+            self.ro_load()
         }
     }
 
@@ -562,7 +852,14 @@ impl<'a, 'm> Gen<'a, 'm> {
             // Program::validate rejects such accesses; keep codegen total anyway.
             return self.splat_const(0.0, lanes);
         };
-        let addr = self.addr(buf, idx);
+        // Elements the load touches, from `idx`: the lanes of a vector, both ends of a gather.
+        let span = match (lanes, at) {
+            (1, _) => 1,
+            _ if Self::contiguous(a, at) => lanes as i64,
+            (_, At::Syn { rows, .. }) if a == Access::Trans => (lanes as i64 - 1) * rows as i64 + 1,
+            _ => 1,
+        };
+        let addr = self.access(buf, idx, span, Touch::Load);
         if lanes == 1 {
             return self.b.ins().load(self.ty, flags, addr, 0);
         }
@@ -595,7 +892,8 @@ impl<'a, 'm> Gen<'a, 'm> {
 
     fn store(&mut self, buf: BufId, at: At, v: Value) {
         if let Some(idx) = self.index(self.out_access(buf), at) {
-            let addr = self.addr(buf, idx);
+            let lanes = self.b.func.dfg.value_type(v).lane_count() as i64;
+            let addr = self.access(buf, idx, lanes, Touch::Store);
             self.b.ins().store(MemFlagsData::trusted(), v, addr, 0);
         }
     }
@@ -968,10 +1266,19 @@ impl<'a, 'm> Gen<'a, 'm> {
 
     /// `out (+)= x · wᵀ` (or `x · w`) through gemm.
     fn gemm_call(&mut self, out: BufId, x: BufId, w: BufId, n_out: usize, n_in: usize, transpose: bool, accumulate: bool) {
+        if self.check {
+            let (nx, ny) = if transpose { (n_out, n_in) } else { (n_in, n_out) };
+            let ex = self.b.ins().imul_imm_s(self.nb, nx as i64);
+            self.guard_extent(x, ex, Touch::Call);
+            let ey = self.b.ins().imul_imm_s(self.nb, ny as i64);
+            self.guard_extent(out, ey, Touch::Call);
+            let ew = self.iconst((n_out * n_in) as i64);
+            self.guard_extent(w, ew, Touch::Call);
+        }
         let args = [
-            self.bases[&out],
-            self.bases[&x],
-            self.bases[&w],
+            self.base(out),
+            self.base(x),
+            self.base(w),
             self.nb,
             self.iconst(n_out as i64),
             self.iconst(n_in as i64),
@@ -982,6 +1289,8 @@ impl<'a, 'm> Gen<'a, 'm> {
     }
 
     fn kernel(&mut self, k: &Kernel) {
+        self.cur_kernel = self.next_kernel;
+        self.next_kernel += 1;
         match k {
             Kernel::Map { batched, cols, stores } => {
                 let rows = self.rows_value(*batched);
@@ -997,7 +1306,7 @@ impl<'a, 'm> Gen<'a, 'm> {
                 let (out, op, cols) = (*out, *op, *cols);
                 self.for_loop(zero, rows, 1, &mut |g, b| {
                     let r = g.reduce_row(op, value, cols, &|i| At::Map { b, i, cols });
-                    let addr = g.addr(out, b);
+                    let addr = g.access(out, b, 1, Touch::Store);
                     g.b.ins().store(MemFlagsData::trusted(), r, addr, 0);
                 });
             }
@@ -1032,14 +1341,14 @@ impl<'a, 'm> Gen<'a, 'm> {
                     let re = self.iconst(rows as i64);
                     self.for_loop(z, re, 1, &mut |g, i| {
                         let r = g.reduce_row(op, value, cols, &|j| At::Syn { i, j, bb, rows, cols });
-                        let addr = g.addr(out, i);
+                        let addr = g.access(out, i, 1, Touch::Store);
                         g.b.ins().store(MemFlagsData::trusted(), r, addr, 0);
                     });
                 } else {
                     // out[j] = identity; then out[j] = op(out[j], v(i, j)) row by row.
                     self.columns(cols, &mut |g, j, lanes| {
                         let init = g.reduce_init(op, lanes);
-                        let addr = g.addr(out, j);
+                        let addr = g.access(out, j, lanes as i64, Touch::Store);
                         g.b.ins().store(MemFlagsData::trusted(), init, addr, 0);
                     });
                     let z = self.iconst(0);
@@ -1048,7 +1357,7 @@ impl<'a, 'm> Gen<'a, 'm> {
                         g.columns(cols, &mut |g, j, lanes| {
                             let mut cache = HashMap::new();
                             let v = g.expr(value, At::Syn { i, j, bb, rows, cols }, lanes, &mut cache);
-                            let addr = g.addr(out, j);
+                            let addr = g.access(out, j, lanes as i64, Touch::Load);
                             let t = if lanes == 1 { g.ty } else { g.vty };
                             let acc = g.b.ins().load(t, MemFlagsData::trusted(), addr, 0);
                             let r = g.reduce_step(op, acc, v, lanes);
@@ -1077,10 +1386,18 @@ impl<'a, 'm> Gen<'a, 'm> {
                 let scale = if *mean { self.inv_nb } else { self.fconst(1.0) };
                 // A history spans `repeat` batches of rows; the mean is still over the batch.
                 let n = self.history_rows(*repeat);
+                if self.check {
+                    let ep = self.b.ins().imul_imm_s(n, *rows as i64);
+                    self.guard_extent(*p, ep, Touch::Call);
+                    let eq = self.b.ins().imul_imm_s(n, *cols as i64);
+                    self.guard_extent(*q, eq, Touch::Call);
+                    let eo = self.iconst((rows * cols) as i64);
+                    self.guard_extent(*out, eo, Touch::Call);
+                }
                 let args = [
-                    self.bases[out],
-                    self.bases[p],
-                    self.bases[q],
+                    self.base(*out),
+                    self.base(*p),
+                    self.base(*q),
                     n,
                     self.iconst(*rows as i64),
                     self.iconst(*cols as i64),
@@ -1092,11 +1409,22 @@ impl<'a, 'm> Gen<'a, 'm> {
             Kernel::BatchSum { out, src, cols, mean, repeat, accumulate } => {
                 let scale = if *mean { self.inv_nb } else { self.fconst(1.0) };
                 let n = self.history_rows(*repeat);
-                let args = [self.bases[out], self.bases[src], n, self.iconst(*cols as i64), scale, self.iconst(*accumulate as i64)];
+                if self.check {
+                    let es = self.b.ins().imul_imm_s(n, *cols as i64);
+                    self.guard_extent(*src, es, Touch::Call);
+                    let eo = self.iconst(*cols as i64);
+                    self.guard_extent(*out, eo, Touch::Call);
+                }
+                let args = [self.base(*out), self.base(*src), n, self.iconst(*cols as i64), scale, self.iconst(*accumulate as i64)];
                 self.call("batch_sum", &args);
             }
             Kernel::Copy { dst, src, len } => {
-                let (d, s) = (self.bases[dst], self.bases[src]);
+                if self.check {
+                    let e = self.iconst(*len as i64);
+                    self.guard_extent(*dst, e, Touch::Copy);
+                    self.guard_extent(*src, e, Touch::Copy);
+                }
+                let (d, s) = (self.base(*dst), self.base(*src));
                 let size = self.iconst(*len as i64 * self.es);
                 let cfg = self.module.target_config();
                 self.b.call_memcpy(cfg, d, s, size);
@@ -1193,8 +1521,9 @@ enum Cond {
 enum Visit {
     /// All of them, in order.
     All,
-    /// The first `count` entries (`u32`, in order) of the list at `addr`.
-    List { addr: Value, count: Value },
+    /// The first `count` entries (`u32`, in order) of the list at `addr`, which has room for
+    /// `cap` (`code`: which list, for bounds checks).
+    List { addr: Value, count: Value, cap: usize, code: i64 },
 }
 
 /// Rows per pass of a blocked synapse loop: each `pre` value loaded is shared by this many rows.
@@ -1335,7 +1664,7 @@ impl<'a, 'm> Gen<'a, 'm> {
         let end = self.iconst(vec_end as i64);
         // Σ (x − x) is 0 when every x is finite, NaN otherwise.
         self.for_loop(start, end, lanes as i64, &mut |g, j| {
-            let a = g.addr(buf, j);
+            let a = g.access(buf, j, lanes as i64, Touch::Load);
             let x = g.b.ins().load(vty, flags, a, 0);
             let d = g.b.ins().fsub(x, x);
             let acc = g.b.use_var(vacc);
@@ -1345,7 +1674,7 @@ impl<'a, 'm> Gen<'a, 'm> {
         let start = self.iconst(vec_end as i64);
         let end = self.iconst(n as i64);
         self.for_loop(start, end, 1, &mut |g, j| {
-            let a = g.addr(buf, j);
+            let a = g.access(buf, j, 1, Touch::Load);
             let x = g.b.ins().load(ty, flags, a, 0);
             let d = g.b.ins().fsub(x, x);
             let acc = g.b.use_var(sacc);
@@ -1370,7 +1699,13 @@ impl<'a, 'm> Gen<'a, 'm> {
                 KExpr::Load(b, Access::Post) if skip == Access::Pre => self.all_finite(*b, rows),
                 KExpr::Load(b, Access::Sample | Access::Scalar) => {
                     let flags = self.flags(*b);
-                    let x = self.b.ins().load(self.ty, flags, self.bases[b], 0);
+                    let a = if self.check {
+                        let z = self.iconst(0);
+                        self.access(*b, z, 1, Touch::Load)
+                    } else {
+                        self.bases[b] // unchecked: loaded in the prologue
+                    };
+                    let x = self.b.ins().load(self.ty, flags, a, 0);
                     self.finite(x)
                 }
                 _ => continue,
@@ -1393,7 +1728,7 @@ impl<'a, 'm> Gen<'a, 'm> {
         let end = self.iconst(rows as i64);
         let flags = self.flags(zb);
         self.for_loop(start, end, 1, &mut |g, i| {
-            let a = g.addr(zb, i);
+            let a = g.access(zb, i, 1, Touch::Load);
             let x = g.b.ins().load(g.ty, flags, a, 0);
             let zc = g.fconst(0.0);
             let mut skip = g.b.ins().fcmp(FloatCC::Equal, x, zc);
@@ -1401,7 +1736,7 @@ impl<'a, 'm> Gen<'a, 'm> {
             for l in sib {
                 if let KExpr::Load(b, Access::Post) = l {
                     let fl = g.flags(*b);
-                    let a = g.addr(*b, i);
+                    let a = g.access(*b, i, 1, Touch::Load);
                     let y = g.b.ins().load(g.ty, fl, a, 0);
                     let f = g.finite(y);
                     skip = g.b.ins().band(skip, f);
@@ -1409,6 +1744,7 @@ impl<'a, 'm> Gen<'a, 'm> {
             }
             // Branch-free: write the index, advance unless skipped.
             let k = g.b.use_var(n);
+            g.guard_list(abi::LIST_ROWS, k, rows);
             let off = g.b.ins().ishl_imm_u(k, 2);
             let slot = g.b.ins().iadd(addr, off);
             g.b.ins().istore32(MemFlagsData::trusted(), i, slot, 0);
@@ -1418,7 +1754,7 @@ impl<'a, 'm> Gen<'a, 'm> {
             g.b.def_var(n, k1);
         });
         let count = self.b.use_var(n);
-        Visit::List { addr, count }
+        Visit::List { addr, count, cap: rows, code: abi::LIST_ROWS }
     }
 
     /// The first columns of the vector groups of a pass that are not provably unchanged.
@@ -1436,13 +1772,14 @@ impl<'a, 'm> Gen<'a, 'm> {
         let end = self.iconst(vec_end as i64);
         let flags = self.flags(zb);
         self.for_loop(start, end, lanes as i64, &mut |g, j| {
-            let a = g.addr(zb, j);
+            let a = g.access(zb, j, lanes as i64, Touch::Load);
             let x = g.b.ins().load(g.vty, flags, a, 0);
             let zc = g.splat_const(0.0, g.lanes);
             let m = g.b.ins().fcmp(FloatCC::Equal, x, zc);
             let all = g.b.ins().vall_true(m);
             let skip = g.b.ins().band(all, global);
             let k = g.b.use_var(n);
+            g.guard_list(abi::LIST_COLS, k, vec_end / lanes);
             let off = g.b.ins().ishl_imm_u(k, 2);
             let slot = g.b.ins().iadd(addr, off);
             g.b.ins().istore32(MemFlagsData::trusted(), j, slot, 0);
@@ -1452,14 +1789,15 @@ impl<'a, 'm> Gen<'a, 'm> {
             g.b.def_var(n, k1);
         });
         let count = self.b.use_var(n);
-        Visit::List { addr, count }
+        Visit::List { addr, count, cap: vec_end / lanes, code: abi::LIST_COLS }
     }
 
     /// Entry `k` of a visit list (or `k` itself).
     fn visit_at(&mut self, v: Visit, k: Value) -> Value {
         match v {
             Visit::All => k,
-            Visit::List { addr, .. } => {
+            Visit::List { addr, cap, code, .. } => {
+                self.guard_list(code, k, cap);
                 let off = self.b.ins().ishl_imm_u(k, 2);
                 let a = self.b.ins().iadd(addr, off);
                 self.b.ins().uload32(MemFlagsData::trusted(), a, 0)
@@ -1572,9 +1910,9 @@ impl<'a, 'm> Gen<'a, 'm> {
                     let end = self.iconst(vec_end as i64);
                     self.for_loop(zero, end, lanes as i64, &mut body);
                 }
-                Visit::List { addr, count } => {
+                Visit::List { count, .. } => {
                     self.for_loop(zero, count, 1, &mut |g, k| {
-                        let j = g.visit_at(Visit::List { addr, count }, k);
+                        let j = g.visit_at(cv, k);
                         body(g, j);
                     });
                 }
@@ -1606,12 +1944,13 @@ impl<'a, 'm> Gen<'a, 'm> {
         let end = self.iconst(vec_end as i64);
         let flags = self.flags(x);
         self.for_loop(start, end, lanes as i64, &mut |g, j| {
-            let a = g.addr(x, j);
+            let a = g.access(x, j, lanes as i64, Touch::Load);
             let v = g.b.ins().load(g.vty, flags, a, 0);
             let zc = g.splat_const(0.0, g.lanes);
             let m = g.b.ins().fcmp(FloatCC::NotEqual, v, zc);
             let any = g.b.ins().vany_true(m);
             let k = g.b.use_var(cnt);
+            g.guard_list(abi::LIST_NONZERO, k, vec_end / lanes);
             let off = g.b.ins().ishl_imm_u(k, 2);
             let slot = g.b.ins().iadd(addr, off);
             g.b.ins().istore32(MemFlagsData::trusted(), j, slot, 0);
@@ -1620,7 +1959,7 @@ impl<'a, 'm> Gen<'a, 'm> {
             g.b.def_var(cnt, k1);
         });
         let count = self.b.use_var(cnt);
-        Visit::List { addr, count }
+        Visit::List { addr, count, cap: vec_end / lanes, code: abi::LIST_NONZERO }
     }
 
     /// `out[0, o] (+)= Σ_i x[0, i] w[o, i]` for one sample: `BLOCK_ROWS` rows of `w` per pass,
@@ -1630,7 +1969,7 @@ impl<'a, 'm> Gen<'a, 'm> {
         let lanes = self.lanes as usize;
         let vec_end = n_in - n_in % lanes;
         let groups = self.nonzero_groups(x, n_in);
-        let Visit::List { addr, count } = groups else { unreachable!("a list") };
+        let Visit::List { addr, count, .. } = groups else { unreachable!("a list") };
         let blocked = (n_out as i64) & -BLOCK_ROWS;
         let zero = self.iconst(0);
         let bend = self.iconst(blocked);
@@ -1662,7 +2001,7 @@ impl<'a, 'm> Gen<'a, 'm> {
         // index loaded from the list in the same iteration, so no load can be hoisted out of
         // the product or merged with one of another kernel. Pure loads fold into the
         // multiply-adds (fewer registers live, no spills).
-        let (xf, wf) = (Self::ro(), Self::ro());
+        let (xf, wf) = (self.ro_load(), self.ro_load());
         let zv = self.splat_const(0.0, self.lanes);
         // Row starts (element index of w[o + r, 0]).
         let starts: Vec<Value> = (0..nr)
@@ -1684,14 +2023,15 @@ impl<'a, 'm> Gen<'a, 'm> {
         let pairs = self.b.ins().band_imm_s(count, -2);
         let zero = self.iconst(0);
         let step = |g: &mut Self, k: Value, u: usize| {
+            g.guard_list(abi::LIST_NONZERO, k, vec_end / g.lanes as usize);
             let off = g.b.ins().ishl_imm_u(k, 2);
             let a = g.b.ins().iadd(list, off);
             let j = g.b.ins().uload32(MemFlagsData::trusted(), a, 0);
-            let xa = g.addr(x, j);
+            let xa = g.access(x, j, g.lanes as i64, Touch::Load);
             let xv = g.b.ins().load(vty, xf, xa, 0);
             for (r, acc) in accs.iter().enumerate() {
                 let idx = g.b.ins().iadd(starts[r], j);
-                let wa = g.addr(w, idx);
+                let wa = g.access(w, idx, g.lanes as i64, Touch::Load);
                 let wv = g.b.ins().load(vty, wf, wa, 0);
                 let s = g.b.use_var(acc[u]);
                 let s = g.b.ins().fma(wv, xv, s);
@@ -1720,10 +2060,10 @@ impl<'a, 'm> Gen<'a, 'm> {
             let end = self.iconst(n_in as i64);
             let row_start = starts[r];
             self.for_loop(start, end, 1, &mut |g, j| {
-                let xa = g.addr(x, j);
+                let xa = g.access(x, j, 1, Touch::Load);
                 let xs = g.b.ins().load(ty, xf, xa, 0);
                 let idx = g.b.ins().iadd(row_start, j);
-                let wa = g.addr(w, idx);
+                let wa = g.access(w, idx, 1, Touch::Load);
                 let ws = g.b.ins().load(ty, wf, wa, 0);
                 let acc = g.b.use_var(sv);
                 let r = g.b.ins().fma(ws, xs, acc);
@@ -1731,7 +2071,7 @@ impl<'a, 'm> Gen<'a, 'm> {
             });
             let mut s = self.b.use_var(sv);
             let row = self.b.ins().iadd_imm_s(o, r as i64);
-            let oa = self.addr(out, row);
+            let oa = self.access(out, row, 1, Touch::Store);
             if accumulate {
                 let old = self.b.ins().load(ty, MemFlagsData::trusted(), oa, 0);
                 s = self.b.ins().fadd(old, s);
@@ -1774,7 +2114,9 @@ impl<'a, 'm> Gen<'a, 'm> {
         let mut fctx = FunctionBuilderContext::new();
         {
             let b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-            let mut g = Gen::new(b, &mut *self.module, self.p, self.helpers, ptr, &fname);
+            let mut g = Gen::new(b, &mut *self.module, self.p, self.helpers, ptr, &fname, self.check);
+            g.cur_kernel = self.cur_kernel;
+            g.slot_addr = self.slot_addr;
             g.prologue(&Entry { kernels: vec![k.clone()] });
             let blk = g.b.current_block().expect("the prologue's block");
             let (lo, hi) = (g.b.block_params(blk)[3], g.b.block_params(blk)[4]);

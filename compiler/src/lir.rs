@@ -4,7 +4,8 @@
 //! (reference, ndarray) and compiled by `codegen.rs` (Cranelift); printed by `circ ir
 //! --stage lir`.
 //! Invariants: every buffer access is in bounds by construction: a `Map` over `rows × cols`
-//! only loads buffers whose shape matches its access mode (checked by [`Program::validate`]);
+//! only loads buffers whose shape matches its access mode (checked by [`Program::validate`];
+//! the JIT's bounds-check mode checks every access again at run time);
 //! kernels allocate nothing; an entry is a straight sequence of kernels (with `Loop` and
 //! `Every` as the only control flow), so both back ends walk it the same way.
 
@@ -516,6 +517,26 @@ fn write_expr(s: &mut String, p: &Program, e: &KExpr) {
         KExpr::Time(dt) => {
             let _ = write!(s, "(iter*{dt})");
         }
+    }
+}
+
+/// One line naming a kernel (for diagnostics): its first line in the text form, plus the
+/// outputs of a fused loop.
+pub fn kernel_summary(p: &Program, k: &Kernel) -> String {
+    struct Text<'a>(&'a Program, &'a Kernel);
+    impl fmt::Display for Text<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write_kernel(f, self.0, self.1, 0)
+        }
+    }
+    let text = Text(p, k).to_string();
+    let head = text.lines().next().unwrap_or("").trim().trim_end_matches(':');
+    match k {
+        Kernel::Map { stores, .. } | Kernel::SynMap { stores, .. } => {
+            let outs: Vec<String> = stores.iter().map(|s| buf(p, s.out)).collect();
+            format!("{head} -> {}", outs.join(", "))
+        }
+        _ => head.to_string(),
     }
 }
 

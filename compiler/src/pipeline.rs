@@ -3,6 +3,8 @@
 //!
 //! Input: a checked [`Circuit`] and its sources. Output: a [`lir::Program`], a [`RunInfo`],
 //! and a boxed [`Engine`]. Invariant: the JIT and the interpreter run the same program.
+//! [`engine`] compiles with bounds checks when `CIRC_JIT_BOUNDS_CHECK=1`
+//! ([`codegen::Options::from_env`]); [`engine_with`] takes the options explicitly.
 
 use crate::codegen;
 use crate::diag::{Diagnostic, Sources};
@@ -70,10 +72,16 @@ pub fn loss(c: &Circuit) -> Loss {
     }
 }
 
-/// Builds the engine for a program.
+/// Builds the engine for a program (the JIT with bounds checks if the environment asks for
+/// them: [`codegen::BOUNDS_CHECK_ENV`]).
 pub fn engine(p: Program, kind: EngineKind) -> Result<Box<dyn Engine>, String> {
+    engine_with(p, kind, codegen::Options::from_env())
+}
+
+/// Builds the engine for a program; `opts` apply to the JIT.
+pub fn engine_with(p: Program, kind: EngineKind, opts: codegen::Options) -> Result<Box<dyn Engine>, String> {
     Ok(match kind {
-        EngineKind::Jit => Box::new(codegen::compile(&p, false)?),
+        EngineKind::Jit => Box::new(codegen::compile_with(&p, opts)?),
         EngineKind::Interp => {
             p.validate().map_err(|e| format!("internal error: invalid LIR: {e}"))?;
             Box::new(Interp::new(p))

@@ -7,8 +7,14 @@
 //! shapes from checked sizes; the state allocates `max_batch` rows and the driver never passes
 //! a larger `nb`). This module and the JIT's calls into compiled code are the only `unsafe` in
 //! circ.
+//!
+//! The JIT's bounds-check mode (`--jit-bounds-check`) checks every access and every product
+//! call's extents before it happens; on a violation the compiled code calls
+//! [`circ_bounds_fault`], which records the first one in a [`FaultSlot`], and returns. The
+//! engine then reports it as a [`BoundsFault`] (`circ::jit::bounds`).
 
 use gemm::{gemm, Parallelism};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 /// What compiled code may read about the current step (passed by pointer to every entry).
 #[repr(C)]
@@ -20,6 +26,157 @@ pub struct StepCtx {
     pub step: u64,
     /// Iteration of the innermost repeated phase.
     pub iter: u64,
+}
+
+/// What an access found out of bounds was doing (the `touch` argument of [`circ_bounds_fault`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i64)]
+pub enum Touch {
+    Load = 0,
+    Store = 1,
+    /// The extent a product kernel (`circ_matmul_*`, `circ_outer_*`, `circ_batch_sum_*`) would
+    /// read or write.
+    Call = 2,
+    /// A whole-buffer copy.
+    Copy = 3,
+    /// An entry of a zero-skip index list (on the stack of the compiled function).
+    List = 4,
+}
+
+impl Touch {
+    fn from_code(c: i64) -> Option<Touch> {
+        [Touch::Load, Touch::Store, Touch::Call, Touch::Copy, Touch::List].into_iter().find(|t| *t as i64 == c)
+    }
+    fn text(self) -> &'static str {
+        match self {
+            Touch::Load => "load",
+            Touch::Store => "store",
+            Touch::Call => "product kernel call",
+            Touch::Copy => "copy",
+            Touch::List => "index list access",
+        }
+    }
+}
+
+/// The "buffer" of a [`Touch::List`] fault: zero-skip lists are numbered below zero.
+pub const LIST_ROWS: i64 = -1;
+/// The column groups of a synapse pass that can change.
+pub const LIST_COLS: i64 = -2;
+/// The nonzero input groups of a batch-1 matrix–vector product.
+pub const LIST_NONZERO: i64 = -3;
+
+/// Where bounds-checked compiled code records the first out-of-bounds access of a call (its
+/// address is compiled into the code). Row passes on several threads share it, so the first
+/// fault wins and later ones are dropped.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct FaultSlot {
+    hit: AtomicBool,
+    kernel: AtomicI64,
+    buf: AtomicI64,
+    first: AtomicI64,
+    last: AtomicI64,
+    len: AtomicI64,
+    touch: AtomicI64,
+}
+
+/// A fault as compiled code reported it: numbers only (the engine names them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawFault {
+    /// The kernel's number in the program (the JIT keeps their descriptions).
+    pub kernel: i64,
+    /// A buffer id, or a list (`LIST_*`).
+    pub buf: i64,
+    /// The first and last element the access would touch.
+    pub first: i64,
+    pub last: i64,
+    /// The buffer's length in elements.
+    pub len: i64,
+    pub touch: i64,
+}
+
+impl FaultSlot {
+    /// Forgets a recorded fault (before the next call).
+    pub fn clear(&self) {
+        self.hit.store(false, Ordering::Release);
+    }
+
+    /// The recorded fault, if any. Call after the compiled code (and its threads) returned.
+    pub fn get(&self) -> Option<RawFault> {
+        if !self.hit.load(Ordering::Acquire) {
+            return None;
+        }
+        let r = |a: &AtomicI64| a.load(Ordering::Relaxed);
+        Some(RawFault {
+            kernel: r(&self.kernel),
+            buf: r(&self.buf),
+            first: r(&self.first),
+            last: r(&self.last),
+            len: r(&self.len),
+            touch: r(&self.touch),
+        })
+    }
+}
+
+/// Records an out-of-bounds access that bounds-checked compiled code is about to skip: the
+/// first one of a call wins. Called only on the cold path; never panics.
+pub extern "C" fn circ_bounds_fault(slot: &FaultSlot, kernel: i64, buf: i64, first: i64, last: i64, len: i64, touch: i64) {
+    if slot.hit.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        return;
+    }
+    for (a, v) in
+        [(&slot.kernel, kernel), (&slot.buf, buf), (&slot.first, first), (&slot.last, last), (&slot.len, len), (&slot.touch, touch)]
+    {
+        a.store(v, Ordering::Relaxed);
+    }
+}
+
+/// An out-of-bounds access caught by the JIT's bounds-check mode, named for people.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
+#[error("out-of-bounds {touch} in compiled code: {elements} of {buffer}, which has {len} elements, in {kernel}")]
+#[diagnostic(
+    code(circ::jit::bounds),
+    help(
+        "the access was skipped and the entry stopped, so no memory outside the buffer was touched; this is a bug in circ's \
+         compiler, not in the program: please report it with the program (`--engine interp` runs it meanwhile)"
+    )
+)]
+pub struct BoundsFault {
+    /// The buffer (`` `W1` ``) or index list.
+    pub buffer: String,
+    /// `element 12` or `elements 12..16` (half-open).
+    pub elements: String,
+    pub len: i64,
+    /// `load`, `store`, `product kernel call`, ...
+    pub touch: String,
+    /// Entry, kernel number and the kernel's text (`train kernel 3: synmap [4 x 8] -> %2:W`).
+    pub kernel: String,
+    /// The fault as reported by compiled code.
+    pub raw: RawFault,
+}
+
+impl BoundsFault {
+    /// Names a raw fault: `buffers` are the buffer names, `kernels` the kernel descriptions.
+    pub fn new(raw: RawFault, buffers: &[String], kernels: &[String]) -> BoundsFault {
+        let buffer = match raw.buf {
+            LIST_ROWS => "the row list of a synapse pass".to_string(),
+            LIST_COLS => "the column-group list of a synapse pass".to_string(),
+            LIST_NONZERO => "the nonzero-input list of a matrix-vector product".to_string(),
+            b => match usize::try_from(b).ok().and_then(|b| buffers.get(b)) {
+                Some(n) => format!("`{n}`"),
+                None => format!("buffer {b}"),
+            },
+        };
+        let elements = if raw.first == raw.last {
+            format!("element {}", raw.first)
+        } else {
+            format!("elements {}..{}", raw.first, raw.last.wrapping_add(1))
+        };
+        let kernel =
+            usize::try_from(raw.kernel).ok().and_then(|k| kernels.get(k)).cloned().unwrap_or_else(|| format!("kernel {}", raw.kernel));
+        let touch = Touch::from_code(raw.touch).map(|t| t.text().to_string()).unwrap_or_else(|| format!("access {}", raw.touch));
+        BoundsFault { buffer, elements, len: raw.len, touch, kernel, raw }
+    }
 }
 
 macro_rules! products {

@@ -11,7 +11,7 @@
 //! monitors, or resumed from a checkpoint, produces the same numbers. Files are written
 //! atomically.
 
-use crate::abi::StepCtx;
+use crate::abi::{BoundsFault, StepCtx};
 use crate::data::{Dataset, Split, TaskKind};
 use crate::episodes::{MetaBuffers, MetaConfig, MetaError};
 use crate::metrics::{MetricsError, MetricsLog};
@@ -47,6 +47,20 @@ pub enum EntryKind {
 pub trait Engine {
     /// Runs `entry` on the first `nb` batch rows of `state`.
     fn run(&mut self, entry: EntryKind, state: &mut State, nb: usize, ctx: &StepCtx);
+    /// The first out-of-bounds access a run caught since the last call (only the JIT in its
+    /// bounds-check mode catches any).
+    fn take_fault(&mut self) -> Option<BoundsFault> {
+        None
+    }
+}
+
+/// Runs an entry; a bounds fault the engine caught becomes an error.
+pub fn run_entry(engine: &mut dyn Engine, entry: EntryKind, state: &mut State, nb: usize, ctx: &StepCtx) -> Result<(), RunError> {
+    engine.run(entry, state, nb, ctx);
+    match engine.take_fault() {
+        Some(f) => Err(RunError::Bounds(f)),
+        None => Ok(()),
+    }
 }
 
 /// What the driver needs to know about a compiled circuit.
@@ -185,6 +199,9 @@ pub enum RunError {
     #[error("cannot write {path}: {why}")]
     #[diagnostic(code(circ::run::write), help("check the output directory (`--out DIR`)"))]
     Write { path: String, why: String },
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Bounds(#[from] BoundsFault),
 }
 
 /// Where training stands; saved in checkpoints.
@@ -264,7 +281,7 @@ pub fn train(
             metrics = load_metrics(d)?;
         }
     }
-    engine.run(EntryKind::Init, state, batch, &ctx);
+    run_entry(engine, EntryKind::Init, state, batch, &ctx)?;
 
     let monitor_every = if cfg.monitor_every == 0 { steps_per_epoch.max(1) } else { cfg.monitor_every };
     let total_steps = (cfg.epochs * steps_per_epoch) as u64;
@@ -289,14 +306,14 @@ pub fn train(
             ctx.step = pos.global;
             if let Some((data, input, readout)) = io {
                 fill(state, input, info.target, &data.train, data, idx);
-                engine.run(EntryKind::Train, state, idx.len(), &ctx);
+                run_entry(engine, EntryKind::Train, state, idx.len(), &ctx)?;
                 if let Some(readout) = readout {
                     let (l, c) = score(state, readout, &data.train, data, idx, cfg.loss);
                     pos.sum_loss += l;
                     pos.sum_correct += c;
                 }
             } else {
-                engine.run(EntryKind::Train, state, idx.len(), &ctx);
+                run_entry(engine, EntryKind::Train, state, idx.len(), &ctx)?;
             }
             pos.seen += idx.len();
             pos.step_in_epoch += 1;
@@ -306,7 +323,7 @@ pub fn train(
                 guard.check(state, info, idx.len(), pos, cfg.out.as_deref())?;
             }
             if !info.monitors.is_empty() && pos.global % monitor_every as u64 == 0 {
-                last_monitors = run_monitors(engine, state, info, idx.len(), &ctx);
+                last_monitors = run_monitors(engine, state, info, idx.len(), &ctx)?;
                 // Histograms have no scalar value: they are drawn at the end.
                 let vals: Vec<(&str, f64)> = last_monitors
                     .iter()
@@ -327,7 +344,7 @@ pub fn train(
         guard.check(state, info, batch.min(n_train.max(1)), pos, cfg.out.as_deref())?;
         if let Some((data, input, Some(readout))) = io {
             last_train = (pos.sum_loss / pos.seen.max(1) as f64, pos.sum_correct / pos.seen.max(1) as f64);
-            last_test = evaluate(engine, state, input, info.target, readout, data, eval_batch, cfg.loss, &ctx);
+            last_test = evaluate(engine, state, input, info.target, readout, data, eval_batch, cfg.loss, &ctx)?;
             if data.kind != TaskKind::Classification {
                 // Accuracy has no meaning for regression: report it as missing, not 0.
                 (last_train.1, last_test.1) = (f64::NAN, f64::NAN);
@@ -472,28 +489,35 @@ fn evaluate(
     eval_batch: usize,
     loss: Loss,
     ctx: &StepCtx,
-) -> (f64, f64) {
+) -> Result<(f64, f64), RunError> {
     let n = data.test.n;
     if n == 0 {
-        return (f64::NAN, f64::NAN);
+        return Ok((f64::NAN, f64::NAN));
     }
     let mut l = 0.0;
     let mut c = 0.0;
     let all: Vec<usize> = (0..n).collect();
     for chunk in all.chunks(eval_batch) {
         fill(state, input, target, &data.test, data, chunk);
-        engine.run(EntryKind::Eval, state, chunk.len(), ctx);
+        run_entry(engine, EntryKind::Eval, state, chunk.len(), ctx)?;
         let (a, b) = score(state, readout, &data.test, data, chunk, loss);
         l += a;
         c += b;
     }
-    (l / n as f64, c / n as f64)
+    Ok((l / n as f64, c / n as f64))
 }
 
 /// Runs the monitor entry and computes every monitor's value.
-pub fn run_monitors(engine: &mut dyn Engine, state: &mut State, info: &RunInfo, nb: usize, ctx: &StepCtx) -> Vec<(String, f64)> {
-    engine.run(EntryKind::Monitor, state, nb, ctx);
-    info.monitors
+pub fn run_monitors(
+    engine: &mut dyn Engine,
+    state: &mut State,
+    info: &RunInfo,
+    nb: usize,
+    ctx: &StepCtx,
+) -> Result<Vec<(String, f64)>, RunError> {
+    run_entry(engine, EntryKind::Monitor, state, nb, ctx)?;
+    Ok(info
+        .monitors
         .iter()
         .map(|(name, stat)| {
             let v = match stat {
@@ -506,7 +530,7 @@ pub fn run_monitors(engine: &mut dyn Engine, state: &mut State, info: &RunInfo, 
             };
             (name.clone(), v)
         })
-        .collect()
+        .collect())
 }
 
 /// Keeps the last state that passed the NaN/Inf check, so a diverging run can leave it behind.

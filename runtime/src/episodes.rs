@@ -259,11 +259,11 @@ pub fn run_episode(
     for &b in &mb.reset {
         state.reinit(b, net_seed);
     }
-    engine.run(EntryKind::Init, state, batch, ctx);
+    driver::run_entry(engine, EntryKind::Init, state, batch, ctx)?;
     let mut steps = 0;
     for idx in task.support.chunks(batch) {
         driver::fill(state, input, Some(target), split, data, idx);
-        engine.run(EntryKind::Train, state, idx.len(), ctx);
+        driver::run_entry(engine, EntryKind::Train, state, idx.len(), ctx)?;
         ctx.step += 1;
         steps += 1;
     }
@@ -272,7 +272,7 @@ pub fn run_episode(
     let mut grad = vec![0.0; mb.params.len()];
     for idx in task.queries.chunks(eval_batch) {
         driver::fill(state, input, Some(target), split, data, idx);
-        engine.run(EntryKind::Eval, state, idx.len(), ctx);
+        driver::run_entry(engine, EntryKind::Eval, state, idx.len(), ctx)?;
         // Accuracy from the readout; the loss the tangents differentiate is `__meta_loss`.
         let (_, c) = driver::score(state, readout, split, data, idx, driver::Loss::CrossEntropy);
         loss += (0..idx.len()).map(|row| state.at(mb.loss, row)).sum::<f64>();
@@ -478,7 +478,7 @@ pub fn meta_train(
         let mut vals: Vec<(&str, f64)> = vec![("meta_loss", r.loss), ("meta_acc", r.acc)];
         vals.extend(mb.params.iter().zip(&theta).map(|(p, t)| (p.name.as_str(), *t)));
         if !info.monitors.is_empty() {
-            last_monitors = driver::run_monitors(engine, state, info, batch, &ctx);
+            last_monitors = driver::run_monitors(engine, state, info, batch, &ctx)?;
             vals.extend(last_monitors.iter().filter(|(_, v)| !v.is_nan()).map(|(n, v)| (n.as_str(), *v)));
         }
         metrics.record(pos.global, pos.epoch as u64, &vals)?;

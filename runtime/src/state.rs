@@ -219,6 +219,14 @@ impl State {
         }
     }
 
+    /// The allocated length (elements) of every buffer, for bounds-checked compiled code.
+    pub fn lens(&self) -> Vec<usize> {
+        match &self.data {
+            Data::F32(v) => v.iter().map(Vec::len).collect(),
+            Data::F64(v) => v.iter().map(Vec::len).collect(),
+        }
+    }
+
     /// Base pointers of every buffer, for compiled code. The pointers stay valid while the
     /// state is neither dropped nor reallocated (buffers never resize).
     pub fn pointers(&mut self) -> Vec<*mut u8> {

@@ -2939,7 +2939,8 @@ fn with_article(t: &str) -> String {
 fn members_text(m: &BTreeMap<i64, usize>) -> String {
     let keys: Vec<i64> = m.keys().copied().collect();
     match (keys.first(), keys.last()) {
-        (Some(a), Some(b)) if (b - a + 1) as usize == keys.len() && keys.len() > 2 => {
+        // (In i128: members at both ends of i64 must not overflow the span.)
+        (Some(a), Some(b)) if (*b as i128 - *a as i128 + 1) == keys.len() as i128 && keys.len() > 2 => {
             format!("{a}..{b}")
         }
         _ => keys.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", "),

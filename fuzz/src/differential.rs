@@ -7,11 +7,12 @@
 //! within 1e-9 relative (1e-10 absolute floor) while every value is finite and at most 1e6 in
 //! magnitude; a program whose values leave that range is compared up to there and counted as
 //! overflowed. A disagreement is judged against the program's own sensitivity first: the
-//! interpreter runs the entry again from its starting state perturbed by 1e-12 relative (all
-//! values up, all down, alternately up and down, and the reverse); if one of these moves the
-//! value by more than the tolerance, the engines' different summation orders (gemm against
-//! ndarray) explain it (`cos` of a huge value, a comparison of a rounding residue with 0), and
-//! the program is counted as ill-conditioned and compared up to there.
+//! engines run the entry again from its starting state perturbed by 1e-12 relative (all
+//! values up, all down, alternately up and down, and the reverse); if one of these moves either
+//! engine's value by more than the tolerance, the engines' different summation orders (gemm
+//! against ndarray) explain it (`cos` of a huge value, a comparison of a rounding residue with
+//! 0, a recomputed value compared for equality with a stored one), and the program is counted
+//! as ill-conditioned and compared up to there.
 
 use crate::gen;
 use circ_compiler::interp::Interp;
@@ -91,11 +92,16 @@ pub fn compare_engines(p: &Program, nb: usize) -> Judged {
         let before = si.clone();
         jit.run(entry, sj, nb, ctx);
         interp.run(entry, si, nb, ctx);
-        compare(p, sj, si, nb, when, &mut |perturbed: &mut State, pattern: usize| {
-            // The same entry from a slightly different start: the program's sensitivity.
-            *perturbed = before.clone();
-            perturb(perturbed, pattern);
-            interp.run(entry, perturbed, nb, ctx);
+        compare(p, sj, si, nb, when, &mut |pattern: usize| {
+            // The same entry from a slightly different start, in each engine: the program's
+            // sensitivity (each engine's own, since a value one recomputes may equal a
+            // stored value to the last bit in one engine and not in the other).
+            let mut pj = before.clone();
+            perturb(&mut pj, pattern);
+            let mut pi = pj.clone();
+            jit.run(entry, &mut pj, nb, ctx);
+            interp.run(entry, &mut pi, nb, ctx);
+            (pj, pi)
         })
     };
     let judged = run(EntryKind::Init, &mut sj, &mut si, &ctx, "init");
@@ -180,9 +186,9 @@ pub fn close(a: f64, b: f64, rel: f64) -> bool {
 }
 
 /// Compares every buffer of the JIT's state `a` with the interpreter's `b`: out of range
-/// (some value of either is), ill-conditioned (a disagreement of the size that `rerun`, the
-/// interpreter from a perturbed start, shows), or agreeing; panics on a disagreement.
-fn compare(p: &Program, a: &State, b: &State, nb: usize, when: &str, rerun: &mut dyn FnMut(&mut State, usize)) -> Judged {
+/// (some value of either is), ill-conditioned (a disagreement of the size that `rerun`, each
+/// engine from a perturbed start, shows in that engine), or agreeing; panics on a disagreement.
+fn compare(p: &Program, a: &State, b: &State, nb: usize, when: &str, rerun: &mut dyn FnMut(usize) -> (State, State)) -> Judged {
     let mut all = Vec::with_capacity(p.buffers.len());
     for (i, spec) in p.buffers.iter().enumerate() {
         // The states are allocated for exactly `nb` samples: every element is live.
@@ -193,25 +199,41 @@ fn compare(p: &Program, a: &State, b: &State, nb: usize, when: &str, rerun: &mut
         }
         all.push((i, spec, x, y, len));
     }
-    let mut perturbed: Option<Vec<State>> = None;
+    let mut perturbed: Option<Vec<(State, State)>> = None;
     for (i, spec, x, y, len) in all {
         for k in 0..len {
             if close(x[k], y[k], REL) {
                 continue;
             }
-            let runs = perturbed.get_or_insert_with(|| {
-                (0..PATTERNS)
-                    .map(|pattern| {
-                        let mut s = b.clone();
-                        rerun(&mut s, pattern);
-                        s
-                    })
-                    .collect()
-            });
-            if runs.iter().any(|q| !in_range(q.get(i)[k]) || !close(q.get(i)[k], y[k], REL)) {
+            let runs = perturbed.get_or_insert_with(|| (0..PATTERNS).map(&mut *rerun).collect());
+            let moved = |q: &State, own: f64| !in_range(q.get(i)[k]) || !close(q.get(i)[k], own, REL);
+            if runs.iter().any(|(qj, qi)| moved(qj, x[k]) || moved(qi, y[k])) {
                 return Judged::IllConditioned;
             }
-            panic!("JIT and interpreter disagree ({when}, batch {nb}): buffer `{}`[{k}]: JIT {} vs interpreter {}", spec.name, x[k], y[k]);
+            // Every buffer that differs, in the order of the program's buffers (the first
+            // one computed wrongly is usually the last kernel's input among them).
+            let differing: Vec<String> = p
+                .buffers
+                .iter()
+                .enumerate()
+                .filter_map(|(j, s)| {
+                    let (u, v) = (a.get(j), b.get(j));
+                    let bad = u.iter().zip(&v).position(|(u, v)| !close(*u, *v, REL))?;
+                    Some(format!("`{}`[{bad}] {} vs {}", s.name, u[bad], v[bad]))
+                })
+                .collect();
+            if std::env::var_os("CIRC_DIFF_DUMP").is_some() {
+                for (j, s) in p.buffers.iter().enumerate() {
+                    eprintln!("DUMP {} jit {:?} interp {:?}", s.name, a.get(j), b.get(j));
+                }
+            }
+            panic!(
+                "JIT and interpreter disagree ({when}, batch {nb}): buffer `{}`[{k}]: JIT {} vs interpreter {} (all differing: {})",
+                spec.name,
+                x[k],
+                y[k],
+                differing.join(", ")
+            );
         }
     }
     Judged::Agree

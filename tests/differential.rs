@@ -18,6 +18,9 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use std::sync::atomic::Ordering::Relaxed;
 
+/// Circuits drawn so far (a progress line every 10000 in runs at scale).
+static DRAWN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 #[test]
 fn jit_and_interpreter_agree_on_random_circuits() {
     // A fixed seed: the same 256 circuits in every run (CI is reproducible); the fuzzer explores.
@@ -25,20 +28,33 @@ fn jit_and_interpreter_agree_on_random_circuits() {
     // run at scale of docs/fuzzing.md).
     // CIRC_DIFFERENTIAL_NO_SHRINK=1 reports the failing circuit as drawn (shrinking can wander
     // from a real disagreement to a rounding difference at the tolerance).
+    // CIRC_DIFFERENTIAL_KEEP_GOING=1 prints each disagreeing circuit and goes on to the end
+    // (the test still fails if there was one).
     let cases = std::env::var("CIRC_DIFFERENTIAL_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(256);
     let max_shrink_iters = if std::env::var_os("CIRC_DIFFERENTIAL_NO_SHRINK").is_some() { 0 } else { u32::MAX };
+    let keep_going = std::env::var_os("CIRC_DIFFERENTIAL_KEEP_GOING").is_some();
+    let disagreed = std::sync::atomic::AtomicU64::new(0);
     let config = Config { cases, max_shrink_iters, failure_persistence: None, ..Config::default() };
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]);
     let mut runner = TestRunner::new_with_rng(config, rng);
     let result = runner.run(&vec(any::<u8>(), 16..400), |bytes| {
         let g = gen::generate(&bytes);
+        if DRAWN.fetch_add(1, Relaxed) % 10_000 == 9_999 {
+            eprintln!("{}", differential::stats());
+        }
         let outcome = std::panic::catch_unwind(|| differential::run_text(&g.text, g.batch));
+        if outcome.is_err() && keep_going {
+            disagreed.fetch_add(1, Relaxed);
+            eprintln!("DISAGREEMENT (batch {}):\n{}\nEND", g.batch, g.text);
+            return Ok(());
+        }
         prop_assert!(outcome.is_ok(), "the engines disagree (or one panics) on this program (batch {}):\n{}", g.batch, g.text);
         Ok(())
     });
     if let Err(e) = result {
         panic!("{e}");
     }
+    assert_eq!(disagreed.load(Relaxed), 0, "circuits on which the engines disagree (printed above)");
     // The test proves something only if most generated programs are compared.
     let (clean, compared) = (differential::CLEAN.load(Relaxed), differential::COMPARED.load(Relaxed));
     eprintln!("{}", differential::stats());

@@ -54,7 +54,7 @@ fn jit_and_interpreter_agree_on_random_circuits() {
     if let Err(e) = result {
         panic!("{e}");
     }
-    assert_eq!(disagreed.load(Relaxed), 0, "circuits on which the engines disagree (printed above)");
+    assert_eq!(disagreed.load(Relaxed), 0, "circuits on which the engines disagree (printed above); {}", differential::stats());
     // The test proves something only if most generated programs are compared.
     let (clean, compared) = (differential::CLEAN.load(Relaxed), differential::COMPARED.load(Relaxed));
     eprintln!("{}", differential::stats());

@@ -93,9 +93,13 @@ impl Ctx {
     }
 }
 
+/// Writes (or adds) a product's result. A sum of products starts from +0 in the JIT's kernels,
+/// so an all-zero sum is +0 there; ndarray can return −0 (a single term `0 · w` with `w < 0`),
+/// and `1 / W(x)` would then be −∞ here and +∞ there. `s + 0` is `s` except that −0 becomes +0.
 fn add_or_copy<T: Elem>(dst: &mut [T], src: &[T], accumulate: bool) {
     for (d, s) in dst.iter_mut().zip(src) {
-        *d = if accumulate { *d + *s } else { *s };
+        let s = *s + T::zero();
+        *d = if accumulate { *d + s } else { s };
     }
 }
 
@@ -152,9 +156,9 @@ fn kernel<T: Elem>(p: &Program, k: &Kernel, bufs: &mut [Vec<T>], nb: usize, ctx:
             let xv = ArrayView2::from_shape((nb, nx), &bufs[*x][..nb * nx]).expect("shape").to_owned();
             let y = if *transpose { xv.dot(&wv) } else { xv.dot(&wv.t()) };
             let dst = &mut bufs[*out][..nb * ny];
-            for (d, s) in dst.iter_mut().zip(y.iter()) {
-                *d = if *accumulate { *d + *s } else { *s };
-            }
+            // (In logical order: the product of a transposed view need not be row-major.)
+            let y: Vec<T> = y.iter().copied().collect();
+            add_or_copy(dst, &y, *accumulate);
         }
         Kernel::Outer { out, p: pa, q, rows, cols, mean, repeat, accumulate } => {
             let n = nb * ctx.iterations(*repeat);

@@ -250,6 +250,15 @@ macro_rules! products {
                         Parallelism::None,
                     );
                 }
+                // A sum of products is +0 when every term is 0 (the interpreter and the JIT's
+                // own matrix–vector loops start their sums at +0); gemm can leave −0 (a single
+                // term `0 · w`, w < 0), and `1 / W(x)` must not depend on the engine.
+                let len = nb * if transpose == 0 { n_out } else { n_in };
+                // (Inside the unsafe block above: y holds nb rows of the output width.)
+                let y = std::slice::from_raw_parts_mut(y, len);
+                for v in y {
+                    *v += 0.0;
+                }
             }
         }
 

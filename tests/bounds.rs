@@ -14,7 +14,7 @@ use circ_compiler::pipeline;
 use circ_runtime::abi::{StepCtx, Touch};
 use circ_runtime::driver::{self, Engine, EntryKind, RunError};
 use circ_runtime::state::{BufInit, BufKind, BufSpec, Data, Precision, Rows, State};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 const CHECKED: Options = Options { asm: false, bounds_check: true };
@@ -41,27 +41,6 @@ fn bits(s: &State) -> Vec<Vec<u64>> {
     match &s.data {
         Data::F32(v) => v.iter().map(|b| b.iter().map(|x| x.to_bits() as u64).collect()).collect(),
         Data::F64(v) => v.iter().map(|b| b.iter().map(|x| x.to_bits()).collect()).collect(),
-    }
-}
-
-/// Fills the input and target of both states with the same seeded values (inputs mostly zero,
-/// targets one-hot), as the corpus test does.
-fn feed(states: [&mut State; 2], p: &Program, nb: usize, rng: &mut ChaCha8Rng) {
-    let xs: Option<(usize, Vec<f32>)> = p
-        .input
-        .map(|i| (i, (0..nb * p.buffers[i].cols).map(|_| if rng.random::<f32>() < 0.3 { rng.random::<f32>() } else { 0.0 }).collect()));
-    let ys: Option<(usize, Vec<f32>)> = p.target.map(|t| {
-        let k = p.buffers[t].cols;
-        let mut ys = vec![0.0f32; nb * k];
-        for b in 0..nb {
-            ys[b * k + rng.random_range(0..k)] = 1.0;
-        }
-        (t, ys)
-    });
-    for s in states {
-        for (b, v) in xs.iter().chain(ys.iter()) {
-            s.set_f32(*b, v);
-        }
     }
 }
 
@@ -94,7 +73,7 @@ fn checked_equals_unchecked(p: &Program, nb: usize, steps: u64, name: &str) {
     run(EntryKind::Init, &mut sp, &mut sc, &ctx, "init");
     for step in 0..steps {
         ctx.step = step;
-        feed([&mut sp, &mut sc], p, nb, &mut rng);
+        common::feed([&mut sp, &mut sc], p, nb, &mut rng);
         run(EntryKind::Train, &mut sp, &mut sc, &ctx, &format!("train step {step}"));
     }
     run(EntryKind::Monitor, &mut sp, &mut sc, &ctx, "monitor");
@@ -143,50 +122,9 @@ fn the_corpus_runs_clean_and_identical_with_bounds_checks() {
 /// (with infinite factors), and a batch-1 product that skips zero inputs.
 #[test]
 fn fast_paths_run_clean_and_identical_with_bounds_checks() {
-    let sources = [
-        r#"
-circuit big locality synapse
-pop x[2048] { out r }
-pop y[2048] { e }
-path W: x -> y init uniform(-1, 1) / sqrt(fan_in) plastic
-phase fill {
-  x.r = rand()
-  y.e = rand() - 0.5
-}
-plasticity {
-  W.w += 0.001 * post.e * pre - 0.0001 * w
-}
-experiment { data = none  steps = 3 }
-"#,
-        r#"
-circuit sparse locality neuron
-pop x[67] { out r }
-pop y[37] { e }
-path W: x -> y init uniform(-1, 1) / sqrt(fan_in) plastic
-phase fill {
-  x.r = select(rand() < 0.7, 0, rand())
-  x.r = select(rand() < 0.02, exp(1000), x.r)
-  y.e = select(rand() < 0.5, 0, rand() - 0.5)
-}
-plasticity {
-  W.w -= 0.1 * post.e * pre
-}
-experiment { data = none  steps = 4 }
-"#,
-        r#"
-circuit mv locality neuron
-pop x[75] { out r }
-pop h[37] { a }
-path V: x -> h init uniform(-1, 1) fixed
-phase fwd {
-  x.r = select(rand() < 0.7, 0, rand())
-  h.a = V(x)
-}
-experiment { data = none  steps = 3 }
-"#,
-    ];
+    let sources = [common::BIG_RANK1.to_string(), common::sparse_rank1("0.02"), common::SPARSE_MATVEC.to_string()];
     for src in sources {
-        let fe = frontend::load_source("paths.circ", src, &[]);
+        let fe = frontend::load_source("paths.circ", &src, &[]);
         let c = fe.ok().unwrap_or_else(|| panic!("the test circuit does not check:\n{src}"));
         let p = pipeline::lower(c, 1).expect("lowers");
         checked_equals_unchecked(&p, 1, 3, &p.name.clone());

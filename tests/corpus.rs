@@ -10,7 +10,7 @@ use circ_compiler::{codegen, pipeline};
 use circ_runtime::abi::StepCtx;
 use circ_runtime::driver::{Engine, EntryKind};
 use circ_runtime::state::{Precision, Rows, State};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 fn load(p: &std::path::Path) -> Frontend {
@@ -46,28 +46,6 @@ fn loop_ir_snapshots() {
         let again = pipeline::lower(c, c.experiment.batch).unwrap_or_else(|d| panic!("{}: {d:?}", f.display()));
         assert_eq!(p.to_string(), again.to_string(), "{}: lowering is not deterministic", f.display());
         insta::assert_snapshot!(format!("lir__{}", common::short_name(&f)), p.to_string());
-    }
-}
-
-/// Fills inputs and targets of both states with the same seeded random values (targets
-/// one-hot).
-fn feed(states: [&mut State; 2], p: &Program, nb: usize, rng: &mut ChaCha8Rng) {
-    // Inputs like images: most are zero, the rest in [0, 1).
-    let xs: Option<(usize, Vec<f32>)> = p
-        .input
-        .map(|i| (i, (0..nb * p.buffers[i].cols).map(|_| if rng.random::<f32>() < 0.3 { rng.random::<f32>() } else { 0.0 }).collect()));
-    let ys: Option<(usize, Vec<f32>)> = p.target.map(|t| {
-        let k = p.buffers[t].cols;
-        let mut ys = vec![0.0f32; nb * k];
-        for b in 0..nb {
-            ys[b * k + rng.random_range(0..k)] = 1.0;
-        }
-        (t, ys)
-    });
-    for s in states {
-        for (b, v) in xs.iter().chain(ys.iter()) {
-            s.set_f32(*b, v);
-        }
     }
 }
 
@@ -113,7 +91,7 @@ fn differential(p: &Program, nb: usize, steps: u64, name: &str, lockstep: bool, 
     interp.run(EntryKind::Init, &mut si, nb, &ctx);
     for step in 0..steps {
         ctx.step = step;
-        feed([&mut sj, &mut si], p, nb, &mut rng);
+        common::feed([&mut sj, &mut si], p, nb, &mut rng);
         jit.run(EntryKind::Train, &mut sj, nb, &ctx);
         interp.run(EntryKind::Train, &mut si, nb, &ctx);
         if diverged(p, &si) {

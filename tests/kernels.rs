@@ -3,6 +3,8 @@
 //! columns with a zero factor (exact, including when a factor is not finite), and batch-1
 //! matrix–vector products that skip zero inputs.
 
+mod common;
+
 use circ_compiler::codegen;
 use circ_compiler::frontend;
 use circ_compiler::interp::Interp;
@@ -46,21 +48,7 @@ fn same(a: f64, b: f64) -> bool {
 
 #[test]
 fn large_rank1_update_split_over_threads_is_exact() {
-    // 2048² synapses: at the size where the pass is split by rows over threads.
-    let src = r#"
-circuit big locality synapse
-pop x[2048] { out r }
-pop y[2048] { e }
-path W: x -> y init uniform(-1, 1) / sqrt(fan_in) plastic
-phase fill {
-  x.r = rand()
-  y.e = rand() - 0.5
-}
-plasticity {
-  W.w += 0.001 * post.e * pre - 0.0001 * w
-}
-experiment { data = none  steps = 3 }
-"#;
+    let src = common::BIG_RANK1;
     let p = program(src);
     let (sj, si) = run_both(&p, 3);
     let w = buf(&p, "W.w");
@@ -74,23 +62,7 @@ fn sparse_rank1_update_is_exact_with_non_finite_factors() {
     // Most pre and post values are 0; a few pre values are infinite (exp(1000) in f32), which
     // must turn whole rows with a zero post value into NaN, exactly as IEEE arithmetic does.
     for inf_rate in ["0", "0.02"] {
-        let src = format!(
-            r#"
-circuit sparse locality neuron
-pop x[67] {{ out r }}
-pop y[37] {{ e }}
-path W: x -> y init uniform(-1, 1) / sqrt(fan_in) plastic
-phase fill {{
-  x.r = select(rand() < 0.7, 0, rand())
-  x.r = select(rand() < {inf_rate}, exp(1000), x.r)
-  y.e = select(rand() < 0.5, 0, rand() - 0.5)
-}}
-plasticity {{
-  W.w -= 0.1 * post.e * pre
-}}
-experiment {{ data = none  steps = 4 }}
-"#
-        );
+        let src = common::sparse_rank1(inf_rate);
         let p = program(&src);
         let (sj, si) = run_both(&p, 4);
         let w = buf(&p, "W.w");
@@ -105,17 +77,7 @@ experiment {{ data = none  steps = 4 }}
 
 #[test]
 fn batch1_matvec_skipping_zero_inputs_agrees() {
-    let src = r#"
-circuit mv locality neuron
-pop x[75] { out r }
-pop h[37] { a }
-path V: x -> h init uniform(-1, 1) fixed
-phase fwd {
-  x.r = select(rand() < 0.7, 0, rand())
-  h.a = V(x)
-}
-experiment { data = none  steps = 3 }
-"#;
+    let src = common::SPARSE_MATVEC;
     let p = program(src);
     let (sj, si) = run_both(&p, 3);
     let h = buf(&p, "h.a");

@@ -203,22 +203,24 @@ impl Lowerer<'_> {
         self.bufs.len() - 1
     }
 
+    /// The kernels of a run of neuron statements (a phase body, a segment's head or replay).
+    fn neuron_stmts(&mut self, stmts: &[Stmt]) -> Vec<Kernel> {
+        let mut em = Emit::default();
+        for s in stmts {
+            self.neuron_stmt(s, None, &mut em);
+        }
+        em.finish()
+    }
+
     /// The kernels of a phase given its lowered body: the body itself, a time loop, or (with
     /// `segmented`) a checkpointed loop in segments (see `hir::SegmentPlan`).
     fn time_loop(&mut self, ph: &Phase, body: Vec<Kernel>, segmented: bool) -> Vec<Kernel> {
         let Some(plan) = ph.segments.as_ref().filter(|_| segmented) else {
             return if ph.repeat > 1 { vec![Kernel::Loop { count: ph.repeat, reverse: ph.reverse, body }] } else { body };
         };
-        let lower = |l: &mut Self, stmts: &[Stmt]| {
-            let mut em = Emit::default();
-            for s in stmts {
-                l.neuron_stmt(s, None, &mut em);
-            }
-            em.finish()
-        };
-        let mut seg = lower(self, &plan.head);
+        let mut seg = self.neuron_stmts(&plan.head);
         if !plan.replay.is_empty() {
-            let replay = lower(self, &plan.replay);
+            let replay = self.neuron_stmts(&plan.replay);
             seg.push(Kernel::Loop { count: plan.len, reverse: false, body: replay });
         }
         seg.push(Kernel::Loop { count: plan.len, reverse: ph.reverse, body });
@@ -249,7 +251,11 @@ impl Lowerer<'_> {
                 Kernel::BatchSum { out, src, cols, mean, repeat, accumulate: true },
                 Kernel::Map { batched: false, cols, stores: vec![Store { out, value: KExpr::Const(0.0), guard: None }] },
             ),
-            other => (other, Kernel::Map { batched: false, cols: 0, stores: Vec::new() }),
+            // (Only the two products above read histories.)
+            other => {
+                em.kernel(other);
+                return;
+            }
         };
         self.deferred.push((phase, zero, k));
     }
@@ -333,11 +339,7 @@ impl Lowerer<'_> {
         let mut train = Vec::new();
         let mut segments_at = HashMap::new();
         for (i, ph) in c.phases.iter().enumerate() {
-            let mut em = Emit::default();
-            for s in &ph.body {
-                self.neuron_stmt(s, None, &mut em);
-            }
-            let mut body = em.finish();
+            let mut body = self.neuron_stmts(&ph.body);
             for pl in c.plasticity.iter().filter(|pl| pl.schedule == Schedule::After(i)) {
                 body.extend(self.plasticity(pl));
             }
@@ -368,11 +370,7 @@ impl Lowerer<'_> {
         let n_eval = last.map(|i| i + 1).unwrap_or(c.phases.len());
         let mut eval = Vec::new();
         for ph in &c.phases[..n_eval] {
-            let mut em = Emit::default();
-            for s in &ph.body {
-                self.neuron_stmt(s, None, &mut em);
-            }
-            let body = em.finish();
+            let body = self.neuron_stmts(&ph.body);
             // (Evaluation saves no checkpoints: no backward pass follows.)
             eval.extend(self.time_loop(ph, body, false));
         }
